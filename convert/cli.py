@@ -1,0 +1,237 @@
+"""The `maeconv` command line: argument parsing and printing only; the work is in library functions."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+os.environ.setdefault("GLOG_v", "3")  # MindSpore's runtime warnings are noise on a terminal
+
+from .checkpoints import FRAMEWORKS, MINDSPORE, TORCH  # noqa: E402
+from .errors import MaeconvError  # noqa: E402
+
+MODES = ("graph", "pynative")
+
+
+class Group(click.Group):
+    """Turns MaeconvError into click's one-line 'Error: ...' and exit status 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MaeconvError as error:
+            raise click.ClickException(str(error)) from None
+
+
+def say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="maeconv")
+def cli():
+    """MAE ViT checkpoints between PyTorch and MindSpore, with proof that nothing changed."""
+
+
+def _convert(src, dst, fmt, force, as_json):
+    from .pipeline import convert
+
+    start = time.perf_counter()
+    say(f"converting {src} ...")
+    done = convert(src, dst, fmt, force)
+    seconds = time.perf_counter() - start
+    if as_json:
+        click.echo(json.dumps({"source": str(done.source), "output": str(done.output), "preset": done.preset,
+                               "kind": done.kind, "tensors": done.tensors, "seconds": round(seconds, 3)}))
+    else:
+        click.echo(f"wrote {done.output} ({done.preset}, {done.kind}, {done.tensors} tensors, "
+                   f"read back and verified) in {seconds:.1f} s")
+
+
+output_options = [
+    click.option("--force", is_flag=True, help="Overwrite an existing output."),
+    click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
+]
+
+
+def with_options(options):
+    def decorate(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return decorate
+
+
+@cli.command()
+@click.argument("src", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("dst", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@with_options(output_options)
+def torch2ms(src, dst, force, as_json):
+    """Convert a PyTorch checkpoint (official {'model': ...} layout) to a MindSpore .ckpt."""
+    _convert(src, dst, MINDSPORE, force, as_json)
+
+
+@cli.command()
+@click.argument("src", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("dst", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@with_options(output_options)
+def ms2torch(src, dst, force, as_json):
+    """Convert a MindSpore .ckpt to a PyTorch checkpoint in the official {'model': ...} layout."""
+    _convert(src, dst, TORCH, force, as_json)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def inspect(file, as_json):
+    """Format, naming scheme, checkpoint kind, preset, key and parameter counts, dtypes."""
+    from .pipeline import describe
+
+    info = describe(file)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    width = max(map(len, info))
+    for key, value in info.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} x{v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = ", ".join(value) or "-"
+        elif isinstance(value, int) and key in ("parameters", "bytes"):
+            value = f"{value:,}"
+        click.echo(f"{key.ljust(width)}  {value}")
+
+
+def _load_array(path: Path, what: str):
+    import numpy as np
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise MaeconvError(f"{path}: no such file") from None
+    except Exception as error:
+        raise MaeconvError(f"{path}: not a readable .npy array for {what} ({error})") from None
+
+
+def _framework_option():
+    return click.option("--framework", type=click.Choice(FRAMEWORKS),
+                        help="Which twin runs (default: the checkpoint's own framework).")
+
+
+def _mode_option():
+    return click.option("--mode", type=click.Choice(MODES), default="graph", show_default=True,
+                        help="MindSpore execution mode.")
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--images", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="(N, 3, H, W) float32 .npy, already normalised.")
+@click.option("--noise", type=click.Path(dir_okay=False, path_type=Path),
+              help="(N, L) .npy; the smallest values are the kept patches. Random if absent.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .npz.")
+@click.option("--mask-ratio", type=float, default=None, help="Default: the preset's 0.75.")
+@click.option("--norm-pix-loss", is_flag=True, help="Normalised-pixel targets (how *_full.pth were trained).")
+@_framework_option()
+@_mode_option()
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+def forward(checkpoint, images, noise, out, mask_ratio, norm_pix_loss, framework, mode, force):
+    """Run the pretraining model and save loss, pred, mask, ids_restore, latent to an .npz."""
+    import numpy as np
+
+    from ..parity.twins import build_model, run_pretrain
+    from .checkpoints import atomic_output, check_writable
+    from .pipeline import load_canonical
+
+    check_writable(out, force)
+    loaded = load_canonical(checkpoint)
+    config = loaded.detected.config.replace(norm_pix_loss=norm_pix_loss)
+    _require_full(loaded, checkpoint)
+    imgs = _load_array(images, "--images").astype(np.float32, copy=False)
+    expected = (config.in_chans, config.img_size, config.img_size)
+    if imgs.ndim != 4 or imgs.shape[1:] != expected:
+        raise MaeconvError(f"{images}: shape {imgs.shape}, expected (N, {', '.join(map(str, expected))})")
+    if noise is None:
+        noise_arr = np.random.default_rng().random((imgs.shape[0], config.num_patches), dtype=np.float32)
+    else:
+        noise_arr = _load_array(noise, "--noise").astype(np.float32, copy=False)
+        if noise_arr.shape != (imgs.shape[0], config.num_patches):
+            raise MaeconvError(f"{noise}: shape {noise_arr.shape}, expected ({imgs.shape[0]}, {config.num_patches})")
+    framework = framework or loaded.checkpoint.format
+    model = build_model(loaded.state, config, framework, mode)
+    outputs = run_pretrain(model, framework, imgs, noise_arr, mask_ratio)
+    with atomic_output(out, force) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **outputs)
+    click.echo(f"wrote {out} (loss {float(outputs['loss']):.6f}, {framework}, {loaded.detected.preset})")
+
+
+def _require_full(loaded, checkpoint):
+    from ..models.config import CLASSIFIER, ENCODER
+
+    if loaded.detected.kind == ENCODER:
+        raise MaeconvError(f"{checkpoint}: holds the encoder only (no decoder); this needs a full checkpoint")
+    if loaded.detected.kind == CLASSIFIER:
+        raise MaeconvError(f"{checkpoint}: is a fine-tuned classifier; this needs a pretraining checkpoint")
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--batch", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--norm-pix-loss", is_flag=True, help="Normalised-pixel targets in the loss.")
+@_mode_option()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def parity(checkpoint, batch, seed, norm_pix_loss, mode, as_json):
+    """Run both twins and the float64 reference on seeded inputs; non-zero exit on a failure."""
+    report = _parity_report(checkpoint, batch, seed, norm_pix_loss, mode)
+    click.echo(report.to_json() if as_json else report.to_text())
+    if not report.passed:
+        sys.exit(1)
+
+
+def _parity_report(checkpoint, batch=2, seed=0, norm_pix_loss=False, mode="graph"):
+    from ..models.config import CLASSIFIER, ENCODER
+    from ..parity.twins import check_classifier, check_pretrain
+    from .pipeline import load_canonical
+
+    loaded = load_canonical(checkpoint)
+    config = loaded.detected.config.replace(norm_pix_loss=norm_pix_loss)
+    if loaded.detected.kind == CLASSIFIER:
+        report = check_classifier(loaded.state, config, batch, seed, mode)
+    else:
+        report = check_pretrain(loaded.state, config, batch, seed, mode, loaded.detected.kind == ENCODER)
+    report.title = f"{checkpoint} ({loaded.detected.preset}, {loaded.detected.kind})\n{report.title}"
+    return report
+
+
+@cli.command()
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the demo files go (default: a temporary directory, removed afterwards).")
+@click.option("--preset", default="mae_vit_base_patch16", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the parity report as JSON.")
+def demo(workdir, preset, as_json):
+    """Build an official-layout checkpoint (seeded random weights), convert it, prove parity."""
+    from ..parity.demo import run_demo
+
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="maeconv-demo-") as tmp:
+            report = run_demo(Path(tmp), preset, say)
+    else:
+        workdir.mkdir(parents=True, exist_ok=True)
+        report = run_demo(workdir, preset, say)
+    click.echo(report.to_json() if as_json else report.to_text())
+    if not report.passed:
+        sys.exit(1)
+
+
+def main():
+    cli(prog_name="maeconv")
+
+
+if __name__ == "__main__":
+    main()

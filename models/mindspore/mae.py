@@ -1,0 +1,108 @@
+"""The MAE pretraining model, MindSpore twin; mirrors models/torch/mae.py method for method.
+
+Runs in graph mode (mode 0) and PyNative. Random ops stay outside the math: pass `noise`
+to fix the mask, as exported graphs and parity checks do.
+"""
+from __future__ import annotations
+
+from mindspore import Tensor, nn, ops
+
+from ..config import MAEConfig
+from ..pos_embed import sincos_2d
+from .layers import Block, PatchEmbed, frozen_table, layer_norm, linear, token
+
+
+class MaskedAutoencoderViT(nn.Cell):
+    """Masked autoencoder with a ViT encoder and a light transformer decoder."""
+
+    def __init__(self, config: MAEConfig):
+        super().__init__()
+        self.config = config
+        cfg = config
+        self.patch_size = cfg.patch_size
+        self.grid_size = cfg.grid_size
+        self.in_chans = cfg.in_chans
+        self.mask_ratio = cfg.mask_ratio
+        self.norm_pix_loss = cfg.norm_pix_loss
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim)
+        self.cls_token = token(cfg.embed_dim)
+        self.pos_embed = frozen_table(sincos_2d(cfg.embed_dim, cfg.grid_size))
+        self.blocks = nn.CellList(
+            [Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps) for _ in range(cfg.depth)])
+        self.norm = layer_norm(cfg.embed_dim, cfg.norm_eps)
+
+        self.decoder_embed = linear(cfg.embed_dim, cfg.decoder_embed_dim)
+        self.mask_token = token(cfg.decoder_embed_dim)
+        self.decoder_pos_embed = frozen_table(sincos_2d(cfg.decoder_embed_dim, cfg.grid_size))
+        self.decoder_blocks = nn.CellList(
+            [Block(cfg.decoder_embed_dim, cfg.decoder_num_heads, cfg.mlp_ratio, cfg.norm_eps)
+             for _ in range(cfg.decoder_depth)])
+        self.decoder_norm = layer_norm(cfg.decoder_embed_dim, cfg.norm_eps)
+        self.decoder_pred = linear(cfg.decoder_embed_dim, cfg.patch_dim)
+
+    def patchify(self, imgs: Tensor) -> Tensor:
+        """(N, 3, H, W) -> (N, L, p*p*3), each patch channel-last."""
+        p = self.patch_size
+        n, c, h, w = imgs.shape
+        x = imgs.reshape(n, c, h // p, p, w // p, p).transpose(0, 2, 4, 3, 5, 1)
+        return x.reshape(n, (h // p) * (w // p), p * p * c)
+
+    def unpatchify(self, x: Tensor) -> Tensor:
+        """(N, L, p*p*3) -> (N, 3, H, W)."""
+        p, c, g = self.patch_size, self.in_chans, self.grid_size
+        x = x.reshape(x.shape[0], g, g, p, p, c).transpose(0, 5, 1, 3, 2, 4)
+        return x.reshape(x.shape[0], c, g * p, g * p)
+
+    def random_masking(self, x: Tensor, mask_ratio: float, noise: Tensor = None):
+        """Keeps the patches with the smallest noise; mask is 0 for kept, 1 for removed."""
+        n, length, dim = x.shape
+        len_keep = int(length * (1 - mask_ratio))
+        if noise is None:
+            noise = ops.rand(n, length, dtype=x.dtype)
+        ids_shuffle = ops.argsort(noise, axis=1)
+        ids_restore = ops.argsort(ids_shuffle, axis=1)
+        ids_keep = ids_shuffle[:, :len_keep]
+        x_kept = ops.gather_elements(x, 1, ops.broadcast_to(ids_keep.expand_dims(-1), (n, len_keep, dim)))
+        mask = ops.concat([ops.zeros((n, len_keep), x.dtype), ops.ones((n, length - len_keep), x.dtype)], 1)
+        mask = ops.gather_elements(mask, 1, ids_restore)
+        return x_kept, mask, ids_restore
+
+    def forward_encoder(self, imgs: Tensor, mask_ratio: float, noise: Tensor = None):
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
+        x, mask, ids_restore = self.random_masking(x, mask_ratio, noise)
+        cls_tokens = ops.broadcast_to(self.cls_token + self.pos_embed[:, :1, :], (x.shape[0], 1, x.shape[2]))
+        x = ops.concat([cls_tokens, x], 1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x), mask, ids_restore
+
+    def forward_decoder(self, x: Tensor, ids_restore: Tensor) -> Tensor:
+        x = self.decoder_embed(x)
+        n, tokens, dim = x.shape
+        mask_tokens = ops.broadcast_to(self.mask_token, (n, ids_restore.shape[1] + 1 - tokens, dim))
+        x_ = ops.concat([x[:, 1:, :], mask_tokens], 1)
+        x_ = ops.gather_elements(x_, 1, ops.broadcast_to(ids_restore.expand_dims(-1), x_.shape))
+        x = ops.concat([x[:, :1, :], x_], 1) + self.decoder_pos_embed
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        return self.decoder_pred(self.decoder_norm(x))[:, 1:, :]
+
+    def forward_loss(self, imgs: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
+        """Mean squared error per patch, averaged over the removed patches only."""
+        target = self.patchify(imgs)
+        if self.norm_pix_loss:
+            mean = target.mean(axis=-1, keep_dims=True)
+            centered = target - mean
+            var = (centered * centered).sum(axis=-1, keepdims=True) / (target.shape[-1] - 1)  # unbiased
+            target = centered / ops.sqrt(var + 1.0e-6)
+        loss = ((pred - target) ** 2).mean(axis=-1)
+        return (loss * mask).sum() / mask.sum()
+
+    def construct(self, imgs: Tensor, mask_ratio: float = None, noise: Tensor = None):
+        """Returns (loss, pred, mask, ids_restore, latent); `noise` (N, L) fixes the mask."""
+        if mask_ratio is None:
+            mask_ratio = self.mask_ratio
+        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
+        pred = self.forward_decoder(latent, ids_restore)
+        loss = self.forward_loss(imgs, pred, mask)
+        return loss, pred, mask, ids_restore, latent

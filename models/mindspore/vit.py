@@ -1,0 +1,41 @@
+"""The fine-tuned ViT classifier, MindSpore twin; mirrors models/torch/vit.py."""
+from __future__ import annotations
+
+from mindspore import Tensor, nn, ops
+
+from ..config import MAEConfig
+from ..pos_embed import sincos_2d
+from .layers import Block, PatchEmbed, frozen_table, layer_norm, linear, token
+
+
+class VisionTransformer(nn.Cell):
+    """ViT classifier: mean of patch tokens -> fc_norm -> head, or cls token -> norm -> head."""
+
+    def __init__(self, config: MAEConfig):
+        super().__init__()
+        self.config = config
+        cfg = config
+        self.global_pool = cfg.global_pool
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim)
+        self.cls_token = token(cfg.embed_dim)
+        self.pos_embed = frozen_table(sincos_2d(cfg.embed_dim, cfg.grid_size))
+        self.blocks = nn.CellList(
+            [Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps) for _ in range(cfg.depth)])
+        if cfg.global_pool:
+            self.fc_norm = layer_norm(cfg.embed_dim, cfg.norm_eps)
+        else:
+            self.norm = layer_norm(cfg.embed_dim, cfg.norm_eps)
+        self.head = linear(cfg.embed_dim, cfg.num_classes)
+
+    def forward_features(self, imgs: Tensor) -> Tensor:
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
+        cls_tokens = ops.broadcast_to(self.cls_token + self.pos_embed[:, :1, :], (x.shape[0], 1, x.shape[2]))
+        x = ops.concat([cls_tokens, x], 1)
+        for blk in self.blocks:
+            x = blk(x)
+        if self.global_pool:
+            return self.fc_norm(x[:, 1:, :].mean(axis=1))
+        return self.norm(x)[:, 0]
+
+    def construct(self, imgs: Tensor) -> Tensor:
+        return self.head(self.forward_features(imgs))

@@ -1,0 +1,182 @@
+"""Run the twins and the float64 reference on the same inputs and compare them.
+
+This is what the tests, `maeconv parity`, `maeconv demo` and later export validation use.
+"""
+from __future__ import annotations
+
+import time
+from typing import Mapping
+
+import numpy as np
+
+from ..convert.checkpoints import MINDSPORE, TORCH, torch_to_numpy
+from ..convert.schemes import MINDSPORE as MINDSPORE_SCHEME
+from ..convert.twins import create_model, load_state
+from ..models import reference
+from ..models.config import CLASSIFY, FROZEN, PRETRAIN, MAEConfig
+from .compare import ABS, EXACT, REL, Report, Tolerance, compare
+
+PRETRAIN_OUTPUTS = ("loss", "pred", "mask", "ids_restore", "latent")
+ENCODER_OUTPUTS = ("latent", "mask", "ids_restore")
+
+PRETRAIN_TOLERANCES = {
+    "loss": Tolerance(REL, 1e-6),
+    "pred": Tolerance(ABS, 1e-5),
+    "mask": Tolerance(EXACT),
+    "ids_restore": Tolerance(EXACT),
+    "latent": Tolerance(ABS, 1e-5),
+}
+CLASSIFY_TOLERANCES = {"logits": Tolerance(ABS, 1e-5)}
+GRADIENT_TOLERANCE = 1e-4  # per tensor: ||g_ms - g_torch|| / ||g_torch||
+
+GRAPH, PYNATIVE = "graph", "pynative"
+
+
+def parity_inputs(config: MAEConfig, batch: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded images and noise. Each noise row is a permutation, so no two values tie and
+    every argsort implementation orders them the same."""
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((batch, config.in_chans, config.img_size, config.img_size)).astype(np.float32)
+    length = config.num_patches
+    noise = np.stack([rng.permutation(length) for _ in range(batch)]).astype(np.float32) / length
+    return images, noise
+
+
+def set_mindspore_mode(mode: str) -> None:
+    import mindspore as ms
+
+    ms.set_context(mode=ms.GRAPH_MODE if mode == GRAPH else ms.PYNATIVE_MODE)
+
+
+def _run_masked(model, framework: str, method: str, names: tuple[str, ...], images: np.ndarray,
+                noise: np.ndarray, mask_ratio: float | None) -> dict[str, np.ndarray]:
+    mask_ratio = model.config.mask_ratio if mask_ratio is None else mask_ratio
+    if framework == TORCH:
+        import torch
+
+        with torch.no_grad():
+            outputs = getattr(model, method)(torch.from_numpy(images), mask_ratio, torch.from_numpy(noise))
+        return dict(zip(names, (torch_to_numpy(t) for t in outputs)))
+    import mindspore as ms
+
+    outputs = getattr(model, method)(ms.Tensor(images), mask_ratio, ms.Tensor(noise))
+    return dict(zip(names, (t.asnumpy() for t in outputs)))
+
+
+def run_pretrain(model, framework: str, images: np.ndarray, noise: np.ndarray,
+                 mask_ratio: float | None = None) -> dict[str, np.ndarray]:
+    """loss, pred, mask, ids_restore, latent of the pretraining model."""
+    return _run_masked(model, framework, "__call__", PRETRAIN_OUTPUTS, images, noise, mask_ratio)
+
+
+def run_encoder(model, framework: str, images: np.ndarray, noise: np.ndarray,
+                mask_ratio: float | None = None) -> dict[str, np.ndarray]:
+    """latent, mask, ids_restore of the pretraining model's encoder."""
+    return _run_masked(model, framework, "forward_encoder", ENCODER_OUTPUTS, images, noise, mask_ratio)
+
+
+def run_classifier(model, framework: str, images: np.ndarray) -> dict[str, np.ndarray]:
+    if framework == TORCH:
+        import torch
+
+        with torch.no_grad():
+            return {"logits": model(torch.from_numpy(images)).numpy()}
+    import mindspore as ms
+
+    return {"logits": model(ms.Tensor(images)).asnumpy()}
+
+
+def pretrain_gradients(model, framework: str, images: np.ndarray, noise: np.ndarray) -> dict[str, np.ndarray]:
+    """d loss / d parameter for every trainable parameter, by canonical name."""
+    if framework == TORCH:
+        import torch
+
+        model.zero_grad()
+        loss = model(torch.from_numpy(images), None, torch.from_numpy(noise))[0]
+        loss.backward()
+        return {name: p.grad.numpy().copy() for name, p in model.named_parameters() if p.requires_grad}
+    import mindspore as ms
+
+    params = model.trainable_params()
+
+    def loss_fn(imgs, noise_):
+        return model(imgs, None, noise_)[0]
+
+    grads = ms.grad(loss_fn, grad_position=None, weights=params)(ms.Tensor(images), ms.Tensor(noise))
+    own = {p.name: g.asnumpy() for p, g in zip(params, grads)}
+    plan = MINDSPORE_SCHEME.plan_to_canonical(own)
+    return {step.canonical: own[step.foreign[0]] for step in plan}
+
+
+def gradient_errors(actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Per-tensor relative error ||a - e|| / ||e||."""
+    if set(actual) != set(expected):
+        raise ValueError(f"gradient sets differ: {sorted(set(actual) ^ set(expected))[:5]}")
+    out = {}
+    for name, e in expected.items():
+        e64, a64 = np.asarray(e, np.float64), np.asarray(actual[name], np.float64)
+        norm = np.linalg.norm(e64)
+        out[name] = float(np.linalg.norm(a64 - e64) / norm) if norm else float(np.linalg.norm(a64))
+    return out
+
+
+def _timed(fn, *args):
+    start = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - start
+
+
+def build_model(state: Mapping[str, np.ndarray], config: MAEConfig, framework: str, mode: str = GRAPH,
+                task: str = PRETRAIN):
+    """A twin in inference mode with `state` loaded."""
+    if framework == MINDSPORE:
+        set_mindspore_mode(mode)
+    model = create_model(config, task, framework)
+    load_state(model, state, framework)
+    return model.eval() if framework == TORCH else model.set_train(False)
+
+
+def build_twins(state: Mapping[str, np.ndarray], config: MAEConfig, task: str, mode: str = GRAPH):
+    return {framework: build_model(state, config, framework, mode, task) for framework in (TORCH, MINDSPORE)}
+
+
+def check_pretrain(state: Mapping[str, np.ndarray], config: MAEConfig, batch: int = 2, seed: int = 0,
+                   mode: str = GRAPH, encoder_only: bool = False) -> Report:
+    """Both twins and the float64 reference on the same seeded inputs, every pair compared.
+    With `encoder_only` (a checkpoint without decoder) only the encoder's outputs are compared."""
+    images, noise = parity_inputs(config, batch, seed)
+    twins = build_twins(state, config, PRETRAIN, mode)
+    run, tolerances = run_pretrain, PRETRAIN_TOLERANCES
+    if encoder_only:
+        run = run_encoder
+        tolerances = {k: v for k, v in PRETRAIN_TOLERANCES.items() if k in ENCODER_OUTPUTS}
+    what = "encoder" if encoder_only else "pretraining forward"
+    report = Report(f"MAE {what} parity, batch {batch}, seed {seed}, MindSpore {mode} mode")
+    results = {}
+    for framework, model in twins.items():
+        _, first = _timed(run, model, framework, images, noise)
+        results[framework], again = _timed(run, model, framework, images, noise)
+        report.timings[f"{framework} forward (first call)"] = first
+        report.timings[f"{framework} forward"] = again
+    results["reference"], report.timings["float64 reference forward"] = _timed(
+        reference.mae_forward, images, state, config, noise, encoder_only)
+    for framework in (TORCH, MINDSPORE):
+        report.rows += compare(f"{framework} vs reference", results[framework], results["reference"], tolerances)
+    report.rows += compare("mindspore vs torch", results[MINDSPORE], results[TORCH], tolerances)
+    return report
+
+
+def check_classifier(state: Mapping[str, np.ndarray], config: MAEConfig, batch: int = 2, seed: int = 0,
+                     mode: str = GRAPH) -> Report:
+    images, _ = parity_inputs(config, batch, seed)
+    twins = build_twins(state, config, CLASSIFY, mode)
+    report = Report(f"ViT classifier logits parity, batch {batch}, seed {seed}, MindSpore {mode} mode")
+    results = {}
+    for framework, model in twins.items():
+        results[framework], report.timings[f"{framework} forward"] = _timed(run_classifier, model, framework, images)
+    results["reference"] = {"logits": reference.classifier_forward(images, state, config)}
+    for framework in (TORCH, MINDSPORE):
+        report.rows += compare(f"{framework} vs reference", results[framework], results["reference"],
+                               CLASSIFY_TOLERANCES)
+    report.rows += compare("mindspore vs torch", results[MINDSPORE], results[TORCH], CLASSIFY_TOLERANCES)
+    return report

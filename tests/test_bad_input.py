@@ -1,0 +1,124 @@
+"""Bad input: a clear one-line error naming the file, a non-zero exit, and nothing left behind."""
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from maeconv.convert.cli import cli
+
+from helpers import save_official
+
+
+class RunsCode:
+    """Unpickling this would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _fails_cleanly(tmp_path, args, *expected):
+    before = set(tmp_path.rglob("*"))
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and result.stderr.rstrip().endswith(errors[0]), result.stderr
+    for text in expected:
+        assert text in errors[0]
+    assert set(tmp_path.rglob("*")) == before  # no output, no temporary file
+    return errors[0]
+
+
+@pytest.fixture
+def out(tmp_path):
+    return tmp_path / "out.ckpt"
+
+
+def test_missing_file(tmp_path, out):
+    _fails_cleanly(tmp_path, ["torch2ms", tmp_path / "nope.pth", out], "nope.pth", "no such file")
+
+
+def test_empty_file(tmp_path, out):
+    (tmp_path / "empty.pth").write_bytes(b"")
+    _fails_cleanly(tmp_path, ["torch2ms", tmp_path / "empty.pth", out], "empty.pth", "empty")
+
+
+def test_truncated_torch_file(tmp_path, tiny_pth, out):
+    data = tiny_pth.read_bytes()
+    bad = tmp_path / "truncated.pth"
+    bad.write_bytes(data[: len(data) // 2])
+    _fails_cleanly(tmp_path, ["torch2ms", bad, out], "truncated.pth", "not a readable PyTorch checkpoint")
+
+
+@pytest.mark.parametrize("name,command", [("random.pth", "torch2ms"), ("random.ckpt", "ms2torch"),
+                                          ("random.bin", "inspect")])
+def test_random_bytes(tmp_path, name, command):
+    bad = tmp_path / name
+    bad.write_bytes(np.random.default_rng(0).bytes(4096))
+    args = [command, bad] + ([tmp_path / "out.x"] if command != "inspect" else [])
+    _fails_cleanly(tmp_path, args, name, "not a readable")
+
+
+def test_truncated_mindspore_file(tmp_path, tiny_pth):
+    CliRunner().invoke(cli, ["torch2ms", str(tiny_pth), str(tmp_path / "good.ckpt")])
+    data = (tmp_path / "good.ckpt").read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 3])
+    _fails_cleanly(tmp_path, ["ms2torch", tmp_path / "cut.ckpt", tmp_path / "o.pth"], "cut.ckpt",
+                   "not a readable MindSpore checkpoint")
+
+
+@pytest.mark.parametrize("layout", ["zip", "plain pickle"])
+def test_pickle_that_would_run_code_is_not_run(tmp_path, out, layout):
+    marker = tmp_path / "marker"
+    evil = tmp_path / "evil.pth"
+    payload = {"model": {"cls_token": torch.zeros(1)}, "args": RunsCode(marker)}
+    if layout == "zip":
+        torch.save(payload, evil)
+    else:
+        evil.write_bytes(pickle.dumps(payload, protocol=2))
+    _fails_cleanly(tmp_path, ["torch2ms", evil, out], "evil.pth", "refuses to run")
+    assert not marker.exists()
+
+
+def test_state_dict_matching_no_preset(tmp_path, out, tiny_state):
+    odd = dict(tiny_state)
+    odd["blocks.0.attn.qkv.weight"] = np.zeros((5, 5), np.float32)
+    del odd["norm.bias"]
+    path = save_official(tmp_path / "odd.pth", odd)
+    line = _fails_cleanly(tmp_path, ["torch2ms", path, out], "odd.pth", "match no preset")
+    assert "norm.bias" in line and "blocks.0.attn.qkv.weight" in line
+
+
+def test_not_a_state_dict(tmp_path, out):
+    torch.save({"model": {"x": 3}}, tmp_path / "notensors.pth")
+    _fails_cleanly(tmp_path, ["torch2ms", tmp_path / "notensors.pth", out], "notensors.pth", "not tensors")
+
+
+def test_existing_output_needs_force(tmp_path, tiny_pth):
+    existing = tmp_path / "exists.ckpt"
+    existing.write_bytes(b"keep me")
+    _fails_cleanly(tmp_path, ["torch2ms", tiny_pth, existing], "exists.ckpt", "--force")
+    assert existing.read_bytes() == b"keep me"
+    assert CliRunner().invoke(cli, ["torch2ms", str(tiny_pth), str(existing), "--force"]).exit_code == 0
+    assert existing.read_bytes() != b"keep me"
+
+
+def test_output_into_missing_directory(tmp_path, tiny_pth):
+    _fails_cleanly(tmp_path, ["torch2ms", tiny_pth, tmp_path / "no" / "dir.ckpt"], "does not exist")
+
+
+def test_console_script_prints_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "maeconv.convert.cli", "inspect", str(tmp_path / "gone.pth")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"Error: {tmp_path / 'gone.pth'}: no such file"
+    assert result.stdout == ""

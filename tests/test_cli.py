@@ -1,0 +1,128 @@
+"""The maeconv command line on checkpoints in the official layouts."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from maeconv.convert.checkpoints import read_checkpoint
+from maeconv.convert.cli import cli
+from maeconv.models import get_config, reference
+from maeconv.parity import twins as parity_twins
+from maeconv.parity.compare import Tolerance
+from maeconv.parity.twins import parity_inputs
+
+from helpers import TINY, TINY_CLS, kind_state, save_official, seeded_state
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_torch_to_mindspore_and_back_is_bit_identical(tmp_path, tiny_pth, tiny_state):
+    ckpt, back = tmp_path / "tiny.ckpt", tmp_path / "back.pth"
+    assert run("torch2ms", tiny_pth, ckpt).exit_code == 0
+    assert run("ms2torch", ckpt, back).exit_code == 0
+    ms_names = set(read_checkpoint(ckpt).tensors)
+    assert "blocks.0.norm1.gamma" in ms_names and "blocks.0.norm1.weight" not in ms_names
+    obj = torch.load(back, weights_only=True)
+    assert list(obj) == ["model"]
+    assert list(obj["model"]) == list(tiny_state)
+    for name, value in tiny_state.items():
+        restored = obj["model"][name].numpy()
+        assert restored.dtype == value.dtype and restored.tobytes() == value.tobytes(), name
+
+
+def test_default_output_name_and_json(tmp_path, tiny_pth):
+    result = run("torch2ms", tiny_pth, "--json")
+    assert result.exit_code == 0
+    info = json.loads(result.stdout)
+    assert info["output"] == str(tiny_pth.with_suffix(".ckpt")) and tiny_pth.with_suffix(".ckpt").exists()
+    assert (info["preset"], info["kind"], info["tensors"]) == (TINY, "full", len(kind_state(TINY, "full")))
+
+
+@pytest.mark.parametrize("kind,preset", [("full", TINY), ("encoder", TINY), ("classifier", TINY_CLS)])
+def test_inspect(tmp_path, kind, preset):
+    state = kind_state(TINY, kind) if kind != "classifier" else seeded_state(TINY_CLS)
+    path = save_official(tmp_path / "x.pth", state)
+    info = json.loads(run("inspect", path, "--json").stdout)
+    assert (info["format"], info["scheme"], info["kind"], info["preset"]) == ("torch", "facebook", kind, preset)
+    assert info["keys"] == len(state)
+    assert info["parameters"] == sum(v.size for v in state.values())
+    assert info["dtypes"] == {"float32": len(state)}
+    assert info["extras"] == ["args", "epoch"]
+    text = run("inspect", path).stdout
+    assert f"preset      {preset}" in text
+
+
+def test_inspect_mindspore_file(tmp_path, tiny_pth):
+    run("torch2ms", tiny_pth, tmp_path / "t.ckpt")
+    info = json.loads(run("inspect", tmp_path / "t.ckpt", "--json").stdout)
+    assert (info["format"], info["scheme"], info["preset"]) == ("mindspore", "mindspore", TINY)
+
+
+@pytest.mark.parametrize("framework", ["torch", "mindspore"])
+def test_forward_saves_reference_outputs(tmp_path, tiny_pth, tiny_state, framework):
+    config = get_config(TINY)
+    images, noise = parity_inputs(config, batch=2, seed=5)
+    np.save(tmp_path / "x.npy", images)
+    np.save(tmp_path / "n.npy", noise)
+    out = tmp_path / "out.npz"
+    result = run("forward", tiny_pth, "--images", tmp_path / "x.npy", "--noise", tmp_path / "n.npy",
+                 "--out", out, "--framework", framework)
+    assert result.exit_code == 0, result.output
+    saved = np.load(out)
+    expected = reference.mae_forward(images, tiny_state, config, noise)
+    assert sorted(saved.files) == sorted(expected)
+    np.testing.assert_array_equal(saved["ids_restore"], expected["ids_restore"])
+    np.testing.assert_array_equal(saved["mask"], expected["mask"])
+    np.testing.assert_allclose(saved["pred"], expected["pred"], atol=1e-5)
+    np.testing.assert_allclose(saved["loss"], expected["loss"], rtol=1e-6)
+
+
+def test_forward_rejects_wrong_image_shape(tmp_path, tiny_pth):
+    np.save(tmp_path / "x.npy", np.zeros((2, 3, 16, 16), np.float32))
+    result = run("forward", tiny_pth, "--images", tmp_path / "x.npy", "--out", tmp_path / "o.npz")
+    assert result.exit_code == 1 and "expected (N, 3, 32, 32)" in result.stderr
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_forward_on_encoder_only_is_refused(tmp_path):
+    path = save_official(tmp_path / "enc.pth", kind_state(TINY, "encoder"))
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 32, 32), np.float32))
+    result = run("forward", path, "--images", tmp_path / "x.npy", "--out", tmp_path / "o.npz")
+    assert result.exit_code == 1 and "encoder only" in result.stderr
+
+
+def test_parity_command_text_and_json(tiny_pth):
+    result = run("parity", tiny_pth, "--mode", "pynative")
+    assert result.exit_code == 0
+    assert "mindspore vs torch" in result.stdout and "result: PASS" in result.stdout
+    assert "torch forward" in result.stdout and "mindspore forward" in result.stdout
+    report = json.loads(run("parity", tiny_pth, "--json").stdout)
+    assert report["passed"] and len(report["rows"]) == 15
+    assert {"pair", "output", "max_abs", "max_rel", "tolerance", "passed"} == set(report["rows"][0])
+
+
+def test_parity_classifier(tmp_path):
+    path = save_official(tmp_path / "cls.pth", seeded_state(TINY_CLS))
+    report = json.loads(run("parity", path, "--json").stdout)
+    assert report["passed"] and {r["output"] for r in report["rows"]} == {"logits"}
+
+
+def test_parity_failure_exits_non_zero(tiny_pth, monkeypatch):
+    impossible = dict(parity_twins.PRETRAIN_TOLERANCES, pred=Tolerance("abs", 0.0))
+    monkeypatch.setattr(parity_twins, "PRETRAIN_TOLERANCES", impossible)
+    result = run("parity", tiny_pth)
+    assert result.exit_code == 1 and "FAIL" in result.stdout
+
+
+def test_console_script_demo_runs_tiny(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "maeconv.convert.cli", "demo", "--preset", TINY,
+                             "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "all bit-identical" in result.stdout and "result: PASS" in result.stdout
+    assert (tmp_path / f"{TINY}_seeded.ckpt").exists()
