@@ -126,7 +126,16 @@ def _read_mindspore(path: Path) -> Checkpoint:
         raise MaeconvError(f"{path}: not a readable MindSpore checkpoint ({_first_line(error)})") from None
     if not params:
         raise MaeconvError(f"{path}: holds no tensors")
-    return Checkpoint(path, MINDSPORE, {name: p.asnumpy() for name, p in params.items()})
+    return Checkpoint(path, MINDSPORE, {name: _standard_dtype(p.asnumpy()) for name, p in params.items()})
+
+
+def _standard_dtype(array: np.ndarray) -> np.ndarray:
+    """MindSpore registers a bfloat16 NumPy type of its own; use ml_dtypes' everywhere."""
+    if array.dtype.name == "bfloat16":
+        import ml_dtypes
+
+        return array.view(ml_dtypes.bfloat16)
+    return array
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from maeconv.convert.checkpoints import read_checkpoint
+from maeconv.convert.checkpoints import read_checkpoint, torch_to_numpy
 from maeconv.convert.cli import cli
 from maeconv.models import get_config, reference
 from maeconv.parity import twins as parity_twins
@@ -126,3 +126,18 @@ def test_console_script_demo_runs_tiny(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "all bit-identical" in result.stdout and "result: PASS" in result.stdout
     assert (tmp_path / f"{TINY}_seeded.ckpt").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_round_trip_keeps_dtype_and_bytes(tmp_path, tiny_state, dtype):
+    src = tmp_path / "half.pth"
+    torch.save({"model": {k: torch.from_numpy(v).to(dtype) for k, v in tiny_state.items()}}, src)
+    assert run("torch2ms", src, tmp_path / "half.ckpt").exit_code == 0
+    assert run("ms2torch", tmp_path / "half.ckpt", tmp_path / "back.pth").exit_code == 0
+    original = torch.load(src, weights_only=True)["model"]
+    restored = torch.load(tmp_path / "back.pth", weights_only=True)["model"]
+    for name, tensor in original.items():
+        assert restored[name].dtype == dtype and torch.equal(restored[name].view(torch.int16),
+                                                            tensor.view(torch.int16)), name
+    info = json.loads(run("inspect", tmp_path / "half.ckpt", "--json").stdout)
+    assert info["dtypes"] == {str(torch_to_numpy(next(iter(original.values()))).dtype): len(original)}
