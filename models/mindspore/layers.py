@@ -11,6 +11,8 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, Uniform, XavierUniform, initializer
 
+from ..pos_embed import sincos_2d
+
 
 class PatchProjection(nn.Cell):
     """Holds a Conv2d(C, D, k=p, stride=p)'s weight and bias, computed as a matmul.
@@ -107,3 +109,12 @@ def frozen_table(table: np.ndarray) -> Parameter:
 
 def token(dim: int) -> Parameter:
     return Parameter(initializer(Normal(sigma=0.02), (1, 1, dim)))
+
+
+def build_encoder(model: nn.Cell, cfg) -> None:
+    """Sets the ViT encoder's parts on `model` itself, where their canonical names put them."""
+    model.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim)
+    model.cls_token = token(cfg.embed_dim)
+    model.pos_embed = frozen_table(sincos_2d(cfg.embed_dim, cfg.grid_size))
+    model.blocks = nn.CellList(
+        [Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps) for _ in range(cfg.depth)])

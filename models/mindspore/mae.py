@@ -9,7 +9,7 @@ from mindspore import Tensor, nn, ops
 
 from ..config import MAEConfig
 from ..pos_embed import sincos_2d
-from .layers import Block, PatchEmbed, frozen_table, layer_norm, linear, token
+from .layers import Block, build_encoder, frozen_table, layer_norm, linear, token
 
 
 class MaskedAutoencoderViT(nn.Cell):
@@ -24,11 +24,7 @@ class MaskedAutoencoderViT(nn.Cell):
         self.in_chans = cfg.in_chans
         self.mask_ratio = cfg.mask_ratio
         self.norm_pix_loss = cfg.norm_pix_loss
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim)
-        self.cls_token = token(cfg.embed_dim)
-        self.pos_embed = frozen_table(sincos_2d(cfg.embed_dim, cfg.grid_size))
-        self.blocks = nn.CellList(
-            [Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps) for _ in range(cfg.depth)])
+        build_encoder(self, cfg)
         self.norm = layer_norm(cfg.embed_dim, cfg.norm_eps)
 
         self.decoder_embed = linear(cfg.embed_dim, cfg.decoder_embed_dim)

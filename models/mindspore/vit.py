@@ -4,8 +4,7 @@ from __future__ import annotations
 from mindspore import Tensor, nn, ops
 
 from ..config import MAEConfig
-from ..pos_embed import sincos_2d
-from .layers import Block, PatchEmbed, frozen_table, layer_norm, linear, token
+from .layers import build_encoder, layer_norm, linear
 
 
 class VisionTransformer(nn.Cell):
@@ -16,11 +15,7 @@ class VisionTransformer(nn.Cell):
         self.config = config
         cfg = config
         self.global_pool = cfg.global_pool
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim)
-        self.cls_token = token(cfg.embed_dim)
-        self.pos_embed = frozen_table(sincos_2d(cfg.embed_dim, cfg.grid_size))
-        self.blocks = nn.CellList(
-            [Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps) for _ in range(cfg.depth)])
+        build_encoder(self, cfg)
         if cfg.global_pool:
             self.fc_norm = layer_norm(cfg.embed_dim, cfg.norm_eps)
         else:

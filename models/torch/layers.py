@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..pos_embed import sincos_2d
+
 
 class PatchEmbed(nn.Module):
     """Cuts an image into non-overlapping patches and projects each to `embed_dim`."""
@@ -58,6 +60,19 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
+
+
+def token(dim: int) -> nn.Parameter:
+    return nn.Parameter(nn.init.normal_(torch.empty(1, 1, dim), std=0.02))
+
+
+def build_encoder(model: nn.Module, cfg) -> None:
+    """Sets the ViT encoder's parts on `model` itself, where their canonical names put them."""
+    model.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim)
+    model.cls_token = token(cfg.embed_dim)
+    model.pos_embed = frozen_table(sincos_2d(cfg.embed_dim, cfg.grid_size))
+    model.blocks = nn.ModuleList(
+        Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps) for _ in range(cfg.depth))
 
 
 def frozen_table(table) -> nn.Parameter:

@@ -6,7 +6,7 @@ from torch import nn
 
 from ..config import MAEConfig
 from ..pos_embed import sincos_2d
-from .layers import Block, PatchEmbed, frozen_table, init_weights
+from .layers import Block, build_encoder, frozen_table, init_weights, token
 
 
 class MaskedAutoencoderViT(nn.Module):
@@ -16,15 +16,11 @@ class MaskedAutoencoderViT(nn.Module):
         super().__init__()
         self.config = config
         cfg = config
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
-        self.pos_embed = frozen_table(sincos_2d(cfg.embed_dim, cfg.grid_size))
-        self.blocks = nn.ModuleList(
-            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps) for _ in range(cfg.depth))
+        build_encoder(self, cfg)
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
 
         self.decoder_embed = nn.Linear(cfg.embed_dim, cfg.decoder_embed_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_embed_dim))
+        self.mask_token = token(cfg.decoder_embed_dim)
         self.decoder_pos_embed = frozen_table(sincos_2d(cfg.decoder_embed_dim, cfg.grid_size))
         self.decoder_blocks = nn.ModuleList(
             Block(cfg.decoder_embed_dim, cfg.decoder_num_heads, cfg.mlp_ratio, cfg.norm_eps)
@@ -34,8 +30,6 @@ class MaskedAutoencoderViT(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        nn.init.normal_(self.cls_token, std=0.02)
-        nn.init.normal_(self.mask_token, std=0.02)
         self.apply(init_weights)
 
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,7 @@ import torch
 from torch import nn
 
 from ..config import MAEConfig
-from ..pos_embed import sincos_2d
-from .layers import Block, PatchEmbed, frozen_table, init_weights
+from .layers import build_encoder, init_weights
 
 
 class VisionTransformer(nn.Module):
@@ -16,11 +15,7 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.config = config
         cfg = config
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
-        self.pos_embed = frozen_table(sincos_2d(cfg.embed_dim, cfg.grid_size))
-        self.blocks = nn.ModuleList(
-            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps) for _ in range(cfg.depth))
+        build_encoder(self, cfg)
         if cfg.global_pool:
             self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         else:
@@ -29,7 +24,6 @@ class VisionTransformer(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        nn.init.normal_(self.cls_token, std=0.02)
         self.apply(init_weights)
 
     def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
