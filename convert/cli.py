@@ -47,8 +47,11 @@ def _convert(src, dst, fmt, force, as_json):
     seconds = time.perf_counter() - start
     if as_json:
         click.echo(json.dumps({"source": str(done.source), "output": str(done.output), "preset": done.preset,
-                               "kind": done.kind, "tensors": done.tensors, "seconds": round(seconds, 3)}))
+                               "kind": done.kind, "tensors": done.tensors, "skipped_training_state": done.skipped,
+                               "seconds": round(seconds, 3)}))
     else:
+        if done.skipped:
+            say(f"note: skipped {done.skipped} optimizer/training-state entries (not part of the model)")
         click.echo(f"wrote {done.output} ({done.preset}, {done.kind}, {done.tensors} tensors, "
                    f"read back and verified) in {seconds:.1f} s")
 

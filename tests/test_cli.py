@@ -1,5 +1,6 @@
 """The maeconv command line on checkpoints in the official layouts."""
 import json
+import re
 import subprocess
 import sys
 
@@ -55,7 +56,7 @@ def test_inspect(tmp_path, kind, preset):
     assert info["dtypes"] == {"float32": len(state)}
     assert info["extras"] == ["args", "epoch"]
     text = run("inspect", path).stdout
-    assert f"preset      {preset}" in text
+    assert re.search(rf"^preset +{preset}$", text, re.M) and re.search(r"^parameters +[\d,]+$", text, re.M)
 
 
 def test_inspect_mindspore_file(tmp_path, tiny_pth):
@@ -141,3 +142,21 @@ def test_half_precision_round_trip_keeps_dtype_and_bytes(tmp_path, tiny_state, d
                                                             tensor.view(torch.int16)), name
     info = json.loads(run("inspect", tmp_path / "half.ckpt", "--json").stdout)
     assert info["dtypes"] == {str(torch_to_numpy(next(iter(original.values()))).dtype): len(original)}
+
+
+def test_training_state_is_skipped_with_a_note(tmp_path, tiny_state):
+    import mindspore as ms
+
+    from maeconv.convert.schemes import MINDSPORE as SCHEME, apply_from_canonical
+
+    own = apply_from_canonical(SCHEME.plan_from_canonical(tiny_state), tiny_state)
+    entries = [{"name": n, "data": ms.Tensor(v)} for n, v in own.items()]
+    entries += [{"name": f"adam_m.{n}", "data": ms.Tensor(v * 0)} for n, v in own.items()]
+    entries += [{"name": "train.step", "data": ms.Tensor(np.array(5, np.int64))}]
+    ms.save_checkpoint(entries, str(tmp_path / "train.ckpt"))
+    result = run("ms2torch", tmp_path / "train.ckpt", tmp_path / "model.pth")
+    assert result.exit_code == 0
+    assert f"skipped {len(own) + 1} optimizer/training-state entries" in result.stderr
+    restored = torch.load(tmp_path / "model.pth", weights_only=True)["model"]
+    assert list(restored) == list(tiny_state)
+    assert json.loads(run("inspect", tmp_path / "train.ckpt", "--json").stdout)["training_state"] == len(own) + 1
