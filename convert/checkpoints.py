@@ -1,60 +1,89 @@
-"""Checkpoint files: read any supported format into named NumPy arrays, write them back atomically.
+"""Checkpoint files: any supported format in, named lazy tensors out, and back, atomically.
 
-Readers never execute code from a file: torch pickles load with `weights_only=True`, and the
-only global allowed beyond tensors is `argparse.Namespace`, which the reference training code
-stores under 'args'. Dtypes pass through untouched (bfloat16 as ml_dtypes.bfloat16).
+Formats: torch zip pickles (.pth/.pt/.bin), safetensors (.safetensors, also MindSpore's),
+MindSpore protobuf (.ckpt), and Hugging Face model directories (config.json +
+model.safetensors). Nothing in a file is ever executed; dtypes pass through untouched
+(bfloat16 as ml_dtypes.bfloat16).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import pickle
+import shutil
+import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
 from .errors import MaeconvError
+from .formats import ckpt, safetensors, torchzip
+from .tensors import TensorRef
 
 TORCH = "torch"
 MINDSPORE = "mindspore"
 FRAMEWORKS = (TORCH, MINDSPORE)
 
+# file formats (TORCH and MINDSPORE double as format names: .pth and .ckpt)
+SAFETENSORS = "safetensors"
+HF_DIR = "hf-dir"
+FORMATS = (TORCH, SAFETENSORS, MINDSPORE, HF_DIR)
+SUFFIX_FORMATS = {".pth": TORCH, ".pt": TORCH, ".bin": TORCH, ".tar": TORCH, ".safetensors": SAFETENSORS,
+                  ".ckpt": MINDSPORE}
+
 # Keys under which training scripts nest the model's state dict.
 STATE_KEYS = ("model", "state_dict", "module", "model_state_dict")
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
 @dataclass
 class Checkpoint:
     path: Path
-    format: str  # "torch" (.pth/.bin zip pickle) or "mindspore" (.ckpt protobuf)
-    tensors: dict[str, np.ndarray]
-    extras: dict = field(default_factory=dict)  # non-tensor content, e.g. 'args', 'epoch'
+    format: str
+    tensors: dict[str, TensorRef]
+    extras: dict = field(default_factory=dict)    # non-model content: 'args', 'epoch', optimizer state...
+    metadata: dict = field(default_factory=dict)  # safetensors __metadata__, or an HF directory's config.json
 
 
 def sniff_format(path: Path) -> str:
     """The format from the first bytes, falling back to the extension."""
+    if path.is_dir():
+        return HF_DIR
     with open(path, "rb") as f:
-        head = f.read(4)
-    if head.startswith(b"PK\x03\x04") or head[:2] == b"\x80\x02":
+        head = f.read(9)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
         return TORCH
-    if path.suffix in (".pth", ".pt", ".bin"):
-        return TORCH
-    return MINDSPORE
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return SAFETENSORS
+    return SUFFIX_FORMATS.get(path.suffix.lower(), MINDSPORE)
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path = Path(path)
     if not path.exists():
         raise MaeconvError(f"{path}: no such file")
+    if path.is_dir():
+        return _read_hf_dir(path)
     if not path.is_file():
         raise MaeconvError(f"{path}: not a file")
     if path.stat().st_size == 0:
         raise MaeconvError(f"{path}: empty file")
     fmt = sniff_format(path)
-    return _read_torch(path) if fmt == TORCH else _read_mindspore(path)
+    try:
+        if fmt == TORCH:
+            return _read_torch(path)
+        if fmt == SAFETENSORS:
+            tensors, metadata = safetensors.read(path)
+            return Checkpoint(path, SAFETENSORS, tensors, metadata=metadata)
+        tensors, extras = ckpt.read(path)
+        return Checkpoint(path, MINDSPORE, tensors, extras)
+    except OSError as error:
+        raise MaeconvError(f"{path}: cannot read ({error.strerror or error})") from None
 
 
 def _first_line(error: BaseException) -> str:
@@ -63,6 +92,17 @@ def _first_line(error: BaseException) -> str:
 
 
 def _read_torch(path: Path) -> Checkpoint:
+    try:
+        obj = torchzip.read(path)
+    except (torchzip.Unsupported, zipfile.BadZipFile, EOFError, pickle.UnpicklingError, ValueError,
+            TypeError, KeyError, IndexError, AttributeError, struct.error):
+        obj = _torch_load(path)
+    state, extras = _unwrap_state(obj, path)
+    return Checkpoint(path, TORCH, state, extras)
+
+
+def _torch_load(path: Path):
+    """torch's own loader, in its safe mode: legacy pickles and anything torchzip leaves to it."""
     import torch
 
     try:
@@ -73,13 +113,20 @@ def _read_torch(path: Path) -> Checkpoint:
         if "weights_only" in str(error) or "Unsupported global" in str(error):
             reason = "the pickle refers to code that a safe load refuses to run"
         raise MaeconvError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
-    state, extras = _unwrap_state(obj, path)
-    return Checkpoint(path, TORCH, {name: torch_to_numpy(t) for name, t in state.items()}, extras)
+    return _torch_to_refs(obj)
+
+
+def _torch_to_refs(obj):
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return TensorRef.of(torch_to_numpy(obj))
+    if isinstance(obj, Mapping):
+        return type(obj)((k, _torch_to_refs(v)) for k, v in obj.items()) if isinstance(obj, dict) else obj
+    return obj
 
 
 def _unwrap_state(obj, path: Path):
-    import torch
-
     extras = {}
     if isinstance(obj, Mapping):
         for key in STATE_KEYS:
@@ -89,10 +136,24 @@ def _unwrap_state(obj, path: Path):
                 break
     if not isinstance(obj, Mapping) or not obj:
         raise MaeconvError(f"{path}: holds no state dict (expected a mapping of names to tensors)")
-    bad = [name for name, value in obj.items() if not isinstance(value, torch.Tensor)]
+    bad = [str(name) for name, value in obj.items() if not isinstance(value, TensorRef)]
     if bad:
-        raise MaeconvError(f"{path}: entries that are not tensors: {', '.join(map(str, bad[:5]))}")
+        raise MaeconvError(f"{path}: entries that are not tensors: {', '.join(bad[:5])}")
     return dict(obj), extras
+
+
+def _read_hf_dir(path: Path) -> Checkpoint:
+    config_path = path / "config.json"
+    weights = [path / name for name in HF_WEIGHTS if (path / name).is_file()]
+    if not config_path.is_file() or not weights:
+        raise MaeconvError(f"{path}: not a Hugging Face model directory (needs config.json and "
+                           f"{' or '.join(HF_WEIGHTS)})")
+    try:
+        config = json.loads(config_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MaeconvError(f"{config_path}: not valid JSON ({error})") from None
+    inner = read_checkpoint(weights[0])
+    return Checkpoint(path, HF_DIR, inner.tensors, inner.extras, config if isinstance(config, dict) else {})
 
 
 def torch_to_numpy(tensor) -> np.ndarray:
@@ -117,42 +178,7 @@ def numpy_to_torch(array: np.ndarray):
     return torch.from_numpy(array)
 
 
-def _read_mindspore(path: Path) -> Checkpoint:
-    import mindspore as ms
-
-    try:
-        params = ms.load_checkpoint(str(path))
-    except Exception as error:
-        raise MaeconvError(f"{path}: not a readable MindSpore checkpoint ({_first_line(error)})") from None
-    if not params:
-        raise MaeconvError(f"{path}: holds no tensors")
-    return Checkpoint(path, MINDSPORE, {name: _standard_dtype(p.asnumpy()) for name, p in params.items()})
-
-
-def _standard_dtype(array: np.ndarray) -> np.ndarray:
-    """MindSpore registers a bfloat16 NumPy type of its own; use ml_dtypes' everywhere."""
-    if array.dtype.name == "bfloat16":
-        import ml_dtypes
-
-        return array.view(ml_dtypes.bfloat16)
-    return array
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, force: bool = False, suffix: str = "") -> Iterator[Path]:
-    """Yields a temporary path beside `path`; renames it to `path` only if the block succeeds."""
-    path = Path(path)
-    check_writable(path, force)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}{suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as error:
-        raise MaeconvError(f"{path}: cannot write ({error.strerror or error})") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
+# --- writing ---
 
 def check_writable(path: str | os.PathLike, force: bool = False) -> None:
     """Fails early, before any work, if `path` cannot be written."""
@@ -165,39 +191,71 @@ def check_writable(path: str | os.PathLike, force: bool = False) -> None:
         raise MaeconvError(f"{path}: directory {path.parent} is not writable")
 
 
-def _save_torch(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, force: bool = False, suffix: str = "") -> Iterator[Path]:
+    """Yields a temporary path beside `path`; renames it to `path` only if the block succeeds."""
+    path = Path(path)
+    check_writable(path, force)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}{suffix}")
+    try:
+        yield tmp
+        if path.is_dir() and not tmp.is_dir():
+            shutil.rmtree(path)
+        elif tmp.is_dir() and path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        os.replace(tmp, path)
+    except OSError as error:
+        raise MaeconvError(f"{path}: cannot write ({error.strerror or error})") from None
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _save_torch(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping) -> None:
     """The official layout: {'model': state_dict}."""
     import torch
 
-    torch.save({"model": {name: numpy_to_torch(a) for name, a in tensors.items()}}, path)
+    torch.save({"model": {name: numpy_to_torch(ref.load()) for name, ref in tensors.items()}}, path)
 
 
-def _save_mindspore(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
-    import mindspore as ms
-
-    ms.save_checkpoint([{"name": name, "data": ms.Tensor(np.ascontiguousarray(a))} for name, a in tensors.items()],
-                       str(path))
+def _save_safetensors(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping) -> None:
+    safetensors.write(path, tensors, extras.get("metadata"))
 
 
-# format -> (saver, suffix of the temporary file; MindSpore appends .ckpt to a name without it)
-SAVERS = {TORCH: (_save_torch, ""), MINDSPORE: (_save_mindspore, ".ckpt")}
+def _save_mindspore(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping) -> None:
+    ckpt.write(path, tensors)
 
 
-def same_tensors(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> list[str]:
-    """Names whose dtype, shape or bytes differ (or that only one side has)."""
-    differ = sorted(set(a) ^ set(b))
-    for name in set(a) & set(b):
-        x, y = np.asarray(a[name]), np.asarray(b[name])
-        if x.dtype != y.dtype or x.shape != y.shape or np.ascontiguousarray(x).tobytes() != np.ascontiguousarray(y).tobytes():
+SAVERS: dict[str, Callable] = {TORCH: _save_torch, SAFETENSORS: _save_safetensors, MINDSPORE: _save_mindspore}
+
+
+def same_tensors(expected: Mapping[str, TensorRef | np.ndarray], actual: Mapping[str, TensorRef | np.ndarray],
+                 progress: Callable[[int], None] | None = None) -> list[str]:
+    """Names whose dtype, shape or bytes differ (or that only one side has), compared one at a time."""
+    differ = sorted(set(expected) ^ set(actual))
+    for name in expected:
+        if name not in actual:
+            continue
+        x, y = _array(expected[name]), _array(actual[name])
+        if x.dtype != y.dtype or x.shape != y.shape or \
+                np.ascontiguousarray(x).reshape(-1).view(np.uint8).data != np.ascontiguousarray(y).reshape(-1).view(np.uint8).data:
             differ.append(name)
+        if progress:
+            progress(x.nbytes)
     return differ
 
 
-def write_checkpoint(path, tensors: Mapping[str, np.ndarray], fmt: str, force: bool = False) -> None:
-    """Writes atomically, then reads the file back and compares every tensor before it is kept."""
-    save, suffix = SAVERS[fmt]
-    with atomic_output(path, force, suffix) as tmp:
-        save(tmp, tensors)
-        differ = same_tensors(tensors, read_checkpoint(tmp).tensors)
+def _array(value) -> np.ndarray:
+    return value.load() if isinstance(value, TensorRef) else np.asarray(value)
+
+
+def write_checkpoint(path, tensors: Mapping[str, TensorRef], fmt: str, force: bool = False,
+                     extras: Mapping | None = None, verify: Callable | None = None) -> None:
+    """Writes atomically; the file is read back and compared tensor by tensor before it is kept."""
+    with atomic_output(path, force) as tmp:
+        SAVERS[fmt](tmp, tensors, extras or {})
+        differ = (verify or same_tensors)(tensors, read_checkpoint(tmp).tensors)
         if differ:
             raise MaeconvError(f"{path}: read-back check failed for {len(differ)} tensors (e.g. {differ[0]})")

@@ -14,6 +14,9 @@ os.environ.setdefault("GLOG_v", "3")  # MindSpore's runtime warnings are noise o
 
 from .checkpoints import FRAMEWORKS, MINDSPORE, TORCH  # noqa: E402
 from .errors import MaeconvError  # noqa: E402
+from .schemes import SCHEME_ALIASES, SCHEMES  # noqa: E402
+
+SCHEME_CHOICES = [*SCHEMES, *SCHEME_ALIASES]
 
 MODES = ("graph", "pynative")
 
@@ -38,28 +41,52 @@ def cli():
     """MAE ViT checkpoints between PyTorch and MindSpore, with proof that nothing changed."""
 
 
-def _convert(src, dst, fmt, force, as_json):
+def _run_convert(src, dst, fmt, options, as_json):
     from .pipeline import convert
 
     start = time.perf_counter()
-    say(f"converting {src} ...")
-    done = convert(src, dst, fmt, force)
+    bar = None
+
+    def start_progress(total_bytes: int):
+        """A stderr progress bar over bytes (written, then verified) for large conversions."""
+        nonlocal bar
+        if total_bytes < (256 << 20):
+            return None
+        bar = click.progressbar(length=total_bytes, label="converting", file=sys.stderr)
+        return bar.update
+
+    try:
+        done = convert(src, dst, fmt, options=options, log=say, progress=start_progress)
+    finally:
+        if bar is not None:
+            bar.render_finish()
     seconds = time.perf_counter() - start
+    if options.dry_run:
+        _print_mapping(done, as_json)
+        return
     if as_json:
-        click.echo(json.dumps({"source": str(done.source), "output": str(done.output), "preset": done.preset,
-                               "kind": done.kind, "tensors": done.tensors, "skipped_training_state": done.skipped,
-                               "seconds": round(seconds, 3)}))
-    else:
-        if done.skipped:
-            say(f"note: skipped {done.skipped} optimizer/training-state entries (not part of the model)")
-        click.echo(f"wrote {done.output} ({done.preset}, {done.kind}, {done.tensors} tensors, "
-                   f"read back and verified) in {seconds:.1f} s")
+        click.echo(json.dumps({**done.to_dict(), "seconds": round(seconds, 3)}))
+        return
+    for note in done.notes:
+        say(f"note: {note}")
+    click.echo(f"wrote {done.output} ({done.preset}, {done.kind}, {done.scheme} names, {done.tensors} tensors, "
+               f"read back and verified) in {seconds:.1f} s")
 
 
-output_options = [
-    click.option("--force", is_flag=True, help="Overwrite an existing output."),
-    click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
-]
+def _print_mapping(done, as_json):
+    if as_json:
+        click.echo(json.dumps({**done.to_dict(), "mapping": done.mapping}, indent=2))
+        return
+    rows = [(" + ".join(r["source"]) or "-", " + ".join(r["target"]), "x".join(map(str, r["shape"])) or "scalar",
+             r["dtype"], r["transform"]) for r in done.mapping]
+    header = ("source", "target", "shape", "dtype", "transform")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for note in done.notes:
+        click.echo(f"note: {note}")
+    click.echo(f"dry run: {done.tensors} tensors would be written to {done.output} "
+               f"({done.format}, {done.scheme} names); nothing written")
 
 
 def with_options(options):
@@ -70,32 +97,102 @@ def with_options(options):
     return decorate
 
 
-@cli.command()
-@click.argument("src", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("dst", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@with_options(output_options)
-def torch2ms(src, dst, force, as_json):
-    """Convert a PyTorch checkpoint (official {'model': ...} layout) to a MindSpore .ckpt."""
-    _convert(src, dst, MINDSPORE, force, as_json)
+common_options = [
+    click.option("--from", "source_scheme", type=click.Choice(SCHEME_CHOICES),
+                 help="Naming scheme of the input (default: detected)."),
+    click.option("--allow-unmapped", is_flag=True, help="Leave out names that map nowhere, and report them."),
+    click.option("--dry-run", is_flag=True, help="Print the full name mapping; write nothing."),
+    click.option("--force", is_flag=True, help="Overwrite an existing output."),
+    click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
+]
 
 
 @cli.command()
-@click.argument("src", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("dst", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@with_options(output_options)
-def ms2torch(src, dst, force, as_json):
+@click.argument("src")
+@click.argument("dst", required=False, type=click.Path(path_type=Path))
+@with_options(common_options)
+def torch2ms(src, dst, source_scheme, allow_unmapped, dry_run, force, as_json):
+    """Convert a PyTorch checkpoint (file or official name) to a MindSpore .ckpt."""
+    from .pipeline import Options
+
+    options = Options(source_scheme=source_scheme, allow_unmapped=allow_unmapped, dry_run=dry_run, force=force)
+    _run_convert(src, dst, MINDSPORE, options, as_json)
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst", required=False, type=click.Path(path_type=Path))
+@with_options(common_options)
+def ms2torch(src, dst, source_scheme, allow_unmapped, dry_run, force, as_json):
     """Convert a MindSpore .ckpt to a PyTorch checkpoint in the official {'model': ...} layout."""
-    _convert(src, dst, TORCH, force, as_json)
+    from .pipeline import Options
+
+    options = Options(source_scheme=source_scheme, allow_unmapped=allow_unmapped, dry_run=dry_run, force=force)
+    _run_convert(src, dst, TORCH, options, as_json)
+
+
+@cli.command("convert")
+@click.argument("src")
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--to", "scheme", type=click.Choice(SCHEME_CHOICES),
+              help="Naming scheme of the output (default: the output format's own; a directory is hf).")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), help="Cast floating-point tensors.")
+@click.option("--img-size", type=click.IntRange(1), help="Resize pos_embed for another resolution (bicubic).")
+@click.option("--kind", type=click.Choice(["classifier"]), help="Make a fine-tuning initialisation.")
+@click.option("--fc-norm-from-norm", is_flag=True, help="With --kind classifier: fc_norm copies the final norm.")
+@click.option("--norm-pix-loss/--no-norm-pix-loss", default=None,
+              help="Training targets recorded in an HF config (default: what the source says, else off).")
+@click.option("--keep-optimizer", is_flag=True, help="Carry optimizer state where the target can hold it.")
+@with_options(common_options)
+def convert_command(src, dst, scheme, dtype, img_size, kind, fc_norm_from_norm, norm_pix_loss, keep_optimizer,
+                    source_scheme, allow_unmapped, dry_run, force, as_json):
+    """Convert between any formats and naming schemes: the output's suffix picks the format
+    (.pth/.bin torch, .safetensors, .ckpt MindSpore, no suffix: a Hugging Face directory)."""
+    from .pipeline import Options
+
+    options = Options(scheme=scheme, source_scheme=source_scheme, dtype=dtype, img_size=img_size, kind=kind,
+                      fc_norm_from_norm=fc_norm_from_norm, norm_pix_loss=norm_pix_loss,
+                      allow_unmapped=allow_unmapped, keep_optimizer=keep_optimizer, dry_run=dry_run, force=force)
+    _run_convert(src, dst, None, options, as_json)
 
 
 @cli.command()
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("name", required=False)
+@click.option("--list", "list_names", is_flag=True, help="List the official checkpoint names.")
+@click.option("--force", is_flag=True, help="Download again even if cached.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def inspect(file, as_json):
+def download(name, list_names, force, as_json):
+    """Fetch an official checkpoint into the cache (resumable, checked against its md5 prefix)."""
+    from .hub import CHECKPOINTS, cache_dir, fetch, url_of
+
+    if list_names or not name:
+        for known, entry in sorted(CHECKPOINTS.items()):
+            click.echo(f"{known:32s} {entry.kind:10s} {entry.preset:24s} {url_of(known)}")
+        return
+    bar = None
+
+    def progress(total, advance):
+        nonlocal bar
+        if bar is None:
+            bar = click.progressbar(length=total or None, label=name, file=sys.stderr)
+        bar.update(advance)
+
+    path = fetch(name, log=say, progress=progress, force=force)
+    if bar is not None:
+        bar.render_finish()
+    click.echo(json.dumps({"name": name, "path": str(path), "bytes": path.stat().st_size}) if as_json
+               else f"{name}: {path} (cache {cache_dir()})")
+
+
+@cli.command()
+@click.argument("file")
+@click.option("--from", "source_scheme", type=click.Choice(SCHEME_CHOICES), help="Naming scheme (default: detected).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def inspect(file, source_scheme, as_json):
     """Format, naming scheme, checkpoint kind, preset, key and parameter counts, dtypes."""
     from .pipeline import describe
 
-    info = describe(file)
+    info = describe(file, source_scheme)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -105,6 +202,8 @@ def inspect(file, as_json):
             value = ", ".join(f"{k} x{v}" for k, v in value.items())
         elif isinstance(value, list):
             value = ", ".join(value) or "-"
+        elif value is None:
+            value = "unknown"
         elif isinstance(value, int) and key in ("parameters", "bytes"):
             value = f"{value:,}"
         click.echo(f"{key.ljust(width)}  {value}")
@@ -132,7 +231,7 @@ def _mode_option():
 
 
 @cli.command()
-@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("checkpoint")
 @click.option("--images", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="(N, 3, H, W) float32 .npy, already normalised.")
 @click.option("--noise", type=click.Path(dir_okay=False, path_type=Path),
@@ -183,7 +282,7 @@ def _require_full(loaded, checkpoint):
 
 
 @cli.command()
-@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("checkpoint")
 @click.option("--batch", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--norm-pix-loss", is_flag=True, help="Normalised-pixel targets in the loss.")

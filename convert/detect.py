@@ -16,6 +16,7 @@ class Detected:
     preset: str
     kind: str
     config: MAEConfig
+    unexpected: tuple[str, ...] = ()  # names outside the layout, left out (only when allowed)
 
 
 def _config_for(preset_config: MAEConfig, shapes: Mapping[str, tuple]) -> MAEConfig:
@@ -42,19 +43,28 @@ def _difference(expected: Mapping[str, tuple], actual: Mapping[str, tuple]) -> l
     return problems
 
 
-def detect(shapes: Mapping[str, tuple], source: str = "checkpoint") -> Detected:
-    """The unique (preset, kind) whose canonical layout equals `shapes`; an error naming the
-    closest candidate otherwise."""
+def detect(shapes: Mapping[str, tuple], source: str = "checkpoint", allow_unexpected: bool = False) -> Detected:
+    """The (preset, kind) whose canonical layout equals `shapes`; an error naming the closest
+    candidate otherwise. With `allow_unexpected`, names outside the layout are tolerated (and
+    listed) as long as nothing is missing or misshapen; the candidate leaving out least wins."""
     shapes = {name: tuple(shape) for name, shape in shapes.items()}
-    closest = None
+    closest, tolerated = None, None
     for preset in PRESETS.values():
         config = _config_for(preset.config, shapes)
         for kind in KINDS_OF_TASK[preset.task]:
-            problems = _difference(checkpoint_shapes(config, kind), shapes)
+            expected = checkpoint_shapes(config, kind)
+            problems = _difference(expected, shapes)
             if not problems:
                 return Detected(preset.name, kind, config)
+            only_unexpected = len(problems) == 1 and problems[0].split()[1] == "unexpected"
+            if allow_unexpected and only_unexpected:
+                extra = tuple(k for k in shapes if k not in expected)
+                if tolerated is None or len(extra) < len(tolerated.unexpected):
+                    tolerated = Detected(preset.name, kind, config, extra)
             score = sum(int(p.split()[0]) for p in problems)
             if closest is None or score < closest[0]:
                 closest = (score, f"{preset.name} ({kind})", problems)
+    if tolerated is not None:
+        return tolerated
     _, name, problems = closest
     raise MaeconvError(f"{source}: keys and shapes match no preset; closest is {name}: {'; '.join(problems)}")

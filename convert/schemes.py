@@ -2,11 +2,13 @@
 
 Canonical names are facebookresearch/mae's. A rule pairs a canonical pattern with one foreign
 pattern (or several, when the foreign scheme splits the tensor) and a named, invertible
-transform. The same table runs both ways: `plan_to_canonical` reads a foreign checkpoint,
+transform; `read_also` lists other spellings of the same foreign names accepted when reading.
+The same table runs both ways: `plan_to_canonical` reads a foreign checkpoint,
 `plan_from_canonical` writes one. A plan is the full list of steps, built and checked before
 any tensor is touched, and is what `--dry-run` prints.
 
-Placeholders in patterns: `{n}` a layer index; the others name a fixed set of module names.
+Placeholders in patterns: `{n}` a layer index, `{p}` weight or bias; the others name a fixed
+set of module names.
 """
 from __future__ import annotations
 
@@ -16,8 +18,11 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .tensors import TensorRef
+
 PLACEHOLDERS = {
     "n": r"\d+",
+    "p": r"weight|bias",
     "blocks": r"blocks|decoder_blocks",
     "ln": r"norm1|norm2",
     "norm": r"norm|decoder_norm|fc_norm",
@@ -35,13 +40,21 @@ class Transform:
     name: str
     to_foreign: Callable[[np.ndarray, int], tuple[np.ndarray, ...]]
     to_canonical: Callable[[Sequence[np.ndarray]], np.ndarray]
+    foreign_shape: Callable[[tuple, int], tuple]  # the shape of each foreign part
+    canonical_shape: Callable[[Sequence[tuple]], tuple]
 
 
-RENAME = Transform("rename", lambda a, parts: (a,), lambda parts: parts[0])
-TRANSPOSE = Transform("transpose", lambda a, parts: (a.T,), lambda parts: parts[0].T)
-# e.g. a fused qkv weight (3D, D) <-> query, key, value (D, D) each.
+RENAME = Transform("rename", lambda a, parts: (a,), lambda parts: parts[0],
+                   lambda shape, parts: shape, lambda shapes: shapes[0])
+# A (in, out) weight in frameworks whose Linear computes x @ W.
+TRANSPOSE = Transform("transpose", lambda a, parts: (np.ascontiguousarray(a.T),),
+                      lambda parts: np.ascontiguousarray(parts[0].T),
+                      lambda shape, parts: shape[::-1], lambda shapes: shapes[0][::-1])
+# A fused qkv (3D, ...) <-> query, key, value (D, ...) each.
 SPLIT = Transform("split", lambda a, parts: tuple(np.split(a, parts, axis=0)),
-                  lambda parts: np.concatenate(parts, axis=0))
+                  lambda parts: np.concatenate(parts, axis=0),
+                  lambda shape, parts: (shape[0] // parts, *shape[1:]),
+                  lambda shapes: (sum(s[0] for s in shapes), *shapes[0][1:]))
 
 
 @dataclass(frozen=True)
@@ -49,10 +62,12 @@ class Rule:
     canonical: str
     foreign: tuple[str, ...]
     transform: Transform = RENAME
+    read_also: tuple[tuple[str, ...], ...] = ()  # alternative spellings of `foreign`, read only
 
     def __post_init__(self):
-        if isinstance(self.foreign, str):
-            object.__setattr__(self, "foreign", (self.foreign,))
+        as_tuple = lambda names: (names,) if isinstance(names, str) else tuple(names)  # noqa: E731
+        object.__setattr__(self, "foreign", as_tuple(self.foreign))
+        object.__setattr__(self, "read_also", tuple(as_tuple(names) for names in self.read_also))
 
 
 def _compile(pattern: str) -> re.Pattern:
@@ -82,7 +97,9 @@ class Scheme:
 
     def _patterns(self):
         if self._compiled is None:
-            compiled = [(rule, _compile(rule.canonical), [_compile(f) for f in rule.foreign]) for rule in self.rules]
+            compiled = [(rule, _compile(rule.canonical),
+                         [[_compile(f) for f in spelling] for spelling in (rule.foreign, *rule.read_also)])
+                        for rule in self.rules]
             object.__setattr__(self, "_compiled", compiled)
         return self._compiled
 
@@ -98,14 +115,19 @@ class Scheme:
             else:
                 (steps.append(Step(name, (name,))) if self.passthrough else unmapped.append(name))
         _raise_unmapped(unmapped, f"canonical names with no {self.name} counterpart")
-        _raise_collisions(steps, lambda step: step.foreign, self.name)
+        seen: dict[str, str] = {}
+        for step in steps:
+            for target in step.foreign:
+                if target in seen:
+                    raise MappingError(f"{seen[target]!r} and {step.canonical!r} both map to {self.name} name {target!r}")
+                seen[target] = step.canonical
         return steps
 
     def plan_to_canonical(self, names: Iterable[str]) -> list[Step]:
-        groups: dict[str, tuple[Rule, dict[int, str]]] = {}
+        groups: dict[str, tuple[Rule | None, dict[int, str]]] = {}
         unmapped = []
         for name in names:
-            found = self._match_foreign(name) or ((None, name, 0) if self.passthrough else None)
+            found = self.match_foreign(name) or ((None, name, 0) if self.passthrough else None)
             if found is None:
                 unmapped.append(name)
                 continue
@@ -125,12 +147,14 @@ class Scheme:
         _raise_unmapped(incomplete, "tensors with some of their parts missing")
         return steps
 
-    def _match_foreign(self, name: str):
-        for rule, _, foreign_patterns in self._patterns():
-            for part, pattern in enumerate(foreign_patterns):
-                match = pattern.match(name)
-                if match:
-                    return rule, rule.canonical.format(**match.groupdict()), part
+    def match_foreign(self, name: str):
+        """(rule, canonical name, part index) for a foreign name, or None."""
+        for rule, _, spellings in self._patterns():
+            for patterns in spellings:
+                for part, pattern in enumerate(patterns):
+                    match = pattern.match(name)
+                    if match:
+                        return rule, rule.canonical.format(**match.groupdict()), part
         return None
 
 
@@ -140,27 +164,52 @@ def _raise_unmapped(names: list[str], what: str) -> None:
         raise MappingError(f"{len(names)} {what}: {shown}")
 
 
-def _raise_collisions(steps: list[Step], targets, scheme: str) -> None:
-    seen: dict[str, str] = {}
-    for step in steps:
-        for target in targets(step):
-            if target in seen:
-                raise MappingError(f"{seen[target]!r} and {step.canonical!r} both map to {scheme} name {target!r}")
-            seen[target] = step.canonical
+def _ref(value) -> TensorRef:
+    return value if isinstance(value, TensorRef) else TensorRef.of(value)
 
 
-def apply_to_canonical(plan: Sequence[Step], foreign: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {step.canonical: step.transform.to_canonical([foreign[n] for n in step.foreign]) for step in plan}
-
-
-def apply_from_canonical(plan: Sequence[Step], canonical: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def apply_to_canonical(plan: Sequence[Step], foreign: Mapping[str, TensorRef | np.ndarray]) -> dict[str, TensorRef]:
+    """Canonical tensors, lazily: nothing is read until a tensor's `load()`."""
     out = {}
     for step in plan:
-        out.update(zip(step.foreign, step.transform.to_foreign(canonical[step.canonical], len(step.foreign))))
+        parts = [_ref(foreign[n]) for n in step.foreign]
+        if step.transform is RENAME:
+            out[step.canonical] = parts[0]
+            continue
+        shape = step.transform.canonical_shape([p.shape for p in parts])
+        read = lambda t=step.transform, ps=parts: t.to_canonical([p.load() for p in ps])  # noqa: E731
+        out[step.canonical] = TensorRef(parts[0].dtype, shape, read)
+    return out
+
+
+def apply_from_canonical(plan: Sequence[Step], canonical: Mapping[str, TensorRef | np.ndarray]) -> dict[str, TensorRef]:
+    out = {}
+    for step in plan:
+        source = _ref(canonical[step.canonical])
+        count = len(step.foreign)
+        if step.transform is RENAME:
+            out[step.foreign[0]] = source
+            continue
+        shape = step.transform.foreign_shape(source.shape, count)
+        for index, name in enumerate(step.foreign):
+            read = lambda t=step.transform, s=source, i=index, c=count: t.to_foreign(s.load(), c)[i]  # noqa: E731
+            out[name] = TensorRef(source.dtype, shape, read)
     return out
 
 
 # --- the tables ---
+
+def block_rules(canonical_prefix: str, foreign_prefix: str, table, read_also_prefixes=()) -> tuple[Rule, ...]:
+    """Rules for every tensor of the transformer blocks under two prefixes, from a per-block table
+    of (canonical suffix, foreign suffix(es), transform)."""
+    rules = []
+    for canonical, foreign, transform in table:
+        foreign = (foreign,) if isinstance(foreign, str) else foreign
+        spell = lambda prefix: tuple(f"{prefix}.{f}" for f in foreign)  # noqa: E731
+        rules.append(Rule(f"{canonical_prefix}.{canonical}", spell(foreign_prefix), transform,
+                          tuple(spell(p) for p in read_also_prefixes)))
+    return tuple(rules)
+
 
 FACEBOOK = Scheme(
     "facebook",
@@ -181,7 +230,78 @@ MINDSPORE = Scheme(
     passthrough=True,
 )
 
-SCHEMES: dict[str, Scheme] = {scheme.name: scheme for scheme in (FACEBOOK, MINDSPORE)}
+HF_BLOCK = (
+    ("norm1.{p}", "layernorm_before.{p}", RENAME),
+    ("attn.qkv.{p}", ("attention.attention.query.{p}", "attention.attention.key.{p}",
+                      "attention.attention.value.{p}"), SPLIT),
+    ("attn.proj.{p}", "attention.output.dense.{p}", RENAME),
+    ("norm2.{p}", "layernorm_after.{p}", RENAME),
+    ("mlp.fc1.{p}", "intermediate.dense.{p}", RENAME),
+    ("mlp.fc2.{p}", "output.dense.{p}", RENAME),
+)
+
+# ViTMAEModel files carry the encoder without the "vit." prefix; transformers 5 writes the
+# decoder layers as decoder.decoder_encoder.layer.N. Both are read; the Hub's names are written.
+HF = Scheme(
+    "hf",
+    "HuggingFace transformers ViTMAEForPreTraining / ViTMAEModel (names on disk)",
+    rules=(
+        Rule("cls_token", "vit.embeddings.cls_token", read_also=("embeddings.cls_token",)),
+        Rule("pos_embed", "vit.embeddings.position_embeddings", read_also=("embeddings.position_embeddings",)),
+        Rule("patch_embed.proj.{p}", "vit.embeddings.patch_embeddings.projection.{p}",
+             read_also=("embeddings.patch_embeddings.projection.{p}",)),
+        *block_rules("blocks.{n}", "vit.encoder.layer.{n}", HF_BLOCK, ["encoder.layer.{n}"]),
+        Rule("norm.{p}", "vit.layernorm.{p}", read_also=("layernorm.{p}",)),
+        Rule("mask_token", "decoder.mask_token"),
+        Rule("decoder_pos_embed", "decoder.decoder_pos_embed"),
+        Rule("decoder_embed.{p}", "decoder.decoder_embed.{p}"),
+        *block_rules("decoder_blocks.{n}", "decoder.decoder_layers.{n}", HF_BLOCK,
+                     ["decoder.decoder_encoder.layer.{n}"]),
+        Rule("decoder_norm.{p}", "decoder.decoder_norm.{p}"),
+        Rule("decoder_pred.{p}", "decoder.decoder_pred.{p}"),
+    ),
+)
+
+MINDFORMERS_BLOCK = (
+    ("norm1.weight", "layernorm1.gamma", RENAME),
+    ("norm1.bias", "layernorm1.beta", RENAME),
+    ("attn.qkv.{p}", ("attention.dense1.{p}", "attention.dense2.{p}", "attention.dense3.{p}"), SPLIT),
+    ("attn.proj.weight", "attention.projection.weight", TRANSPOSE),
+    ("attn.proj.bias", "attention.projection.bias", RENAME),
+    ("norm2.weight", "layernorm2.gamma", RENAME),
+    ("norm2.bias", "layernorm2.beta", RENAME),
+    ("mlp.fc1.weight", "output.mapping.weight", TRANSPOSE),
+    ("mlp.fc1.bias", "output.mapping.bias", RENAME),
+    ("mlp.fc2.weight", "output.projection.weight", TRANSPOSE),
+    ("mlp.fc2.bias", "output.projection.bias", RENAME),
+)
+
+# The decoder sits at the top level, without "vit." (MindFormers' own converter prefixed it,
+# so its decoder was never loaded).
+MINDFORMERS = Scheme(
+    "mindformers",
+    "MindFormers ViTMAEForPreTraining and ViT classifier (r0.6 to r1.5)",
+    rules=(
+        Rule("cls_token", "vit.cls_tokens"),
+        Rule("pos_embed", "vit.pos_embed"),
+        Rule("patch_embed.proj.{p}", "vit.patch_embed.proj.{p}"),
+        *block_rules("blocks.{n}", "vit.blocks.{n}", MINDFORMERS_BLOCK),
+        Rule("norm.weight", "vit.norm.gamma"),
+        Rule("norm.bias", "vit.norm.beta"),
+        Rule("fc_norm.weight", "vit.fc_norm.gamma"),
+        Rule("fc_norm.bias", "vit.fc_norm.beta"),
+        Rule("head.{p}", "head.{p}"),
+        Rule("mask_token", "mask_tokens"),
+        Rule("decoder_pos_embed", "decoder_pos_embed"),
+        Rule("decoder_embed.{p}", "decoder_embed.{p}"),
+        *block_rules("decoder_blocks.{n}", "decoder_blocks.{n}", MINDFORMERS_BLOCK),
+        Rule("decoder_norm.weight", "decoder_norm.gamma"),
+        Rule("decoder_norm.bias", "decoder_norm.beta"),
+        Rule("decoder_pred.{p}", "decoder_pred.{p}"),
+    ),
+)
+
+SCHEMES: dict[str, Scheme] = {scheme.name: scheme for scheme in (FACEBOOK, HF, MINDFORMERS, MINDSPORE)}
 SCHEME_ALIASES = {"timm": "facebook"}
 
 

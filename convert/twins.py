@@ -40,7 +40,7 @@ def model_state(model, framework: str) -> dict[str, np.ndarray]:
     if framework == TORCH:
         return {name: torch_to_numpy(t) for name, t in model.state_dict().items()}
     own = {name: p.asnumpy() for name, p in model.parameters_and_names()}
-    return apply_to_canonical(MINDSPORE_SCHEME.plan_to_canonical(own), own)
+    return {name: ref.load() for name, ref in apply_to_canonical(MINDSPORE_SCHEME.plan_to_canonical(own), own).items()}
 
 
 def load_state(model, state: Mapping[str, np.ndarray], framework: str, source: str = "checkpoint") -> LoadReport:
@@ -68,11 +68,11 @@ def load_state(model, state: Mapping[str, np.ndarray], framework: str, source: s
     else:
         import mindspore as ms
 
-        present = {k: v for k, v in state.items()}
-        own = apply_from_canonical(MINDSPORE_SCHEME.plan_from_canonical(present), present)
+        own = apply_from_canonical(MINDSPORE_SCHEME.plan_from_canonical(state), state)
         for name, param in model.parameters_and_names():
             if name in own:
-                param.set_data(ms.Tensor(np.ascontiguousarray(own[name], dtype=param.asnumpy().dtype)))
+                dtype = ms.dtype_to_nptype(param.dtype)
+                param.set_data(ms.Tensor(np.ascontiguousarray(own[name].load(), dtype=dtype)))
     return LoadReport(missing)
 
 

@@ -52,11 +52,12 @@ def test_split_and_transpose_run_both_ways():
                  "blocks.0.mlp.fc1.weight": rng.standard_normal((8, 2))}
     foreign = apply_from_canonical(TOY.plan_from_canonical(canonical), canonical)
     assert sorted(foreign) == ["layer.0.k", "layer.0.mapping", "layer.0.q", "layer.0.v"]
-    np.testing.assert_array_equal(foreign["layer.0.k"], canonical["blocks.0.attn.qkv.weight"][2:4])
-    assert foreign["layer.0.mapping"].shape == (2, 8)
+    np.testing.assert_array_equal(foreign["layer.0.k"].load(), canonical["blocks.0.attn.qkv.weight"][2:4])
+    assert foreign["layer.0.mapping"].shape == (2, 8) and foreign["layer.0.mapping"].load().shape == (2, 8)
     back = apply_to_canonical(TOY.plan_to_canonical(list(foreign)), foreign)
     for name, value in canonical.items():
-        np.testing.assert_array_equal(back[name], value)
+        assert back[name].shape == value.shape
+        np.testing.assert_array_equal(back[name].load(), value)
 
 
 def test_unmapped_and_incomplete_names_are_errors():

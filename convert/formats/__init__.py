@@ -1,0 +1,1 @@
+"""One reader/writer pair per file format; tensors travel as lazy TensorRefs."""

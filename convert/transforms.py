@@ -1,0 +1,98 @@
+"""Changes `maeconv convert` can make on the canonical state: dtype, image size, checkpoint kind."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..models.config import CLASSIFIER, ENCODER, checkpoint_shapes
+from ..models.pos_embed import sincos_2d
+from .detect import Detected
+from .errors import MaeconvError
+from .tensors import TensorRef, dtype_by_name
+
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def apply(loaded, options, notes: list[str]) -> tuple[dict[str, TensorRef], Detected]:
+    refs, detected = dict(loaded.refs), loaded.detected
+    if options.kind == CLASSIFIER and detected.kind != CLASSIFIER:
+        refs, detected = to_classifier(refs, detected, options.fc_norm_from_norm, notes)
+    elif options.kind not in (None, detected.kind):
+        raise MaeconvError(f"{loaded.checkpoint.path}: cannot turn a {detected.kind} checkpoint into {options.kind}")
+    if options.img_size and options.img_size != detected.config.img_size:
+        refs, detected = resize_positions(refs, detected, options.img_size, notes)
+    if options.dtype:
+        dtype = dtype_by_name(DTYPES[options.dtype])
+        refs = {name: ref.cast(dtype) if ref.dtype.kind == "f" or ref.dtype.name == "bfloat16" else ref
+                for name, ref in refs.items()}
+    return refs, detected
+
+
+def to_classifier(refs: dict[str, TensorRef], detected: Detected, fc_norm_from_norm: bool,
+                  notes: list[str]) -> tuple[dict[str, TensorRef], Detected]:
+    """A fine-tuning initialisation, as the reference fine-tuning starts: the encoder without its
+    final norm, fc_norm fresh (or copied from norm on request), and a fresh head."""
+    from ..models.config import get_preset
+
+    preset = detected.preset.removeprefix("mae_")
+    config = detected.config.replace(global_pool=True)
+    dim = config.embed_dim
+    encoder = {k: v for k, v in refs.items() if k in checkpoint_shapes(config, ENCODER) and not k.startswith("norm.")}
+    if fc_norm_from_norm:
+        encoder["fc_norm.weight"], encoder["fc_norm.bias"] = refs["norm.weight"], refs["norm.bias"]
+        notes.append("fc_norm copied from the pretrained norm")
+    else:
+        dtype = refs["norm.weight"].dtype
+        encoder["fc_norm.weight"] = TensorRef.of(np.ones(dim, dtype))
+        encoder["fc_norm.bias"] = TensorRef.of(np.zeros(dim, dtype))
+        notes.append("fc_norm freshly initialised (ones/zeros), as the reference fine-tuning starts")
+    rng = np.random.default_rng(0)
+    head = np.clip(rng.normal(0, 2e-5, (config.num_classes, dim)), -2.0, 2.0).astype(refs["norm.weight"].dtype)
+    encoder["head.weight"] = TensorRef.of(head)
+    encoder["head.bias"] = TensorRef.of(np.zeros(config.num_classes, head.dtype))
+    notes.append(f"head ({config.num_classes} classes) freshly initialised (trunc-normal std 2e-5, as the "
+                 "reference fine-tuning): train it before use")
+    dropped = len(refs) - len([k for k in refs if k in encoder])
+    notes.append(f"dropped {dropped} pretraining-only tensors (decoder, mask token, final norm)")
+    get_preset(preset)  # the classifier preset of the same architecture must exist
+    ordered = {k: encoder[k] for k in checkpoint_shapes(config, CLASSIFIER)}
+    return ordered, Detected(preset, CLASSIFIER, config)
+
+
+def resize_positions(refs: dict[str, TensorRef], detected: Detected, img_size: int,
+                     notes: list[str]) -> tuple[dict[str, TensorRef], Detected]:
+    """pos_embed resized for another resolution the reference way (2-D bicubic, cls row kept);
+    the decoder's fixed sin-cos table rebuilt for the new grid, as the reference model builds it."""
+    config = detected.config
+    if img_size % config.patch_size:
+        raise MaeconvError(f"--img-size {img_size} is not a multiple of the patch size {config.patch_size}")
+    new = config.replace(img_size=img_size)
+    refs = dict(refs)
+    source = refs["pos_embed"]
+    refs["pos_embed"] = TensorRef(source.dtype, (1, 1 + new.num_patches, config.embed_dim),
+                                  lambda: interpolate_pos_embed(source.load(), new.grid_size))
+    notes.append(f"pos_embed resized {config.grid_size}x{config.grid_size} -> {new.grid_size}x{new.grid_size} "
+                 "(bicubic, cls row kept)")
+    if "decoder_pos_embed" in refs:
+        dtype = refs["decoder_pos_embed"].dtype
+        refs["decoder_pos_embed"] = TensorRef.of(sincos_2d(config.decoder_embed_dim, new.grid_size)[None].astype(dtype))
+        notes.append("decoder_pos_embed rebuilt as the fixed sin-cos table of the new grid")
+    return refs, Detected(detected.preset, detected.kind, new)
+
+
+def interpolate_pos_embed(table: np.ndarray, grid: int) -> np.ndarray:
+    """The reference's interpolate_pos_embed: torch bicubic, align_corners=False, on the patch rows."""
+    import torch
+    import torch.nn.functional as F
+
+    from .checkpoints import numpy_to_torch, torch_to_numpy
+
+    tensor = numpy_to_torch(table)
+    cls, patches = tensor[:, :1], tensor[:, 1:]
+    old = math.isqrt(patches.shape[1])
+    dim = patches.shape[-1]
+    patches = patches.reshape(1, old, old, dim).permute(0, 3, 1, 2).float()
+    patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False)
+    patches = patches.permute(0, 2, 3, 1).reshape(1, grid * grid, dim).to(tensor.dtype)
+    return torch_to_numpy(torch.cat([cls, patches], dim=1)).copy()

@@ -1,0 +1,103 @@
+"""Writing the converted tensors: one file format or a Hugging Face directory, atomically, verified."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Mapping
+
+from ..models.config import ENCODER, MAEConfig
+from .checkpoints import HF_DIR, MINDSPORE, SAFETENSORS, TORCH, atomic_output, read_checkpoint, same_tensors, \
+    write_checkpoint
+from .errors import MaeconvError
+from .formats import safetensors
+from .schemes import HF, MINDFORMERS, MINDSPORE as MINDSPORE_SCHEME, Scheme, apply_from_canonical, \
+    apply_to_canonical
+from .tensors import TensorRef
+
+# Schemes whose files hold optimizer moments by parameter name (adam_m.<name>, adam_v.<name>).
+NAMED_OPTIMIZER_SCHEMES = (MINDSPORE_SCHEME, MINDFORMERS)
+
+
+def hf_config(config: MAEConfig, kind: str, norm_pix_loss: bool) -> dict:
+    """config.json of transformers' ViTMAE; layer_norm_eps is the weights' own 1e-6 (Hub files say 1e-12)."""
+    return {
+        "architectures": ["ViTMAEModel" if kind == ENCODER else "ViTMAEForPreTraining"],
+        "model_type": "vit_mae",
+        "image_size": config.img_size,
+        "patch_size": config.patch_size,
+        "num_channels": config.in_chans,
+        "hidden_size": config.embed_dim,
+        "num_hidden_layers": config.depth,
+        "num_attention_heads": config.num_heads,
+        "intermediate_size": int(config.embed_dim * config.mlp_ratio),
+        "decoder_hidden_size": config.decoder_embed_dim,
+        "decoder_num_hidden_layers": config.decoder_depth,
+        "decoder_num_attention_heads": config.decoder_num_heads,
+        "decoder_intermediate_size": int(config.decoder_embed_dim * config.mlp_ratio),
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "initializer_range": 0.02,
+        "layer_norm_eps": config.norm_eps,
+        "qkv_bias": True,
+        "mask_ratio": config.mask_ratio,
+        "norm_pix_loss": bool(norm_pix_loss),
+    }
+
+
+def with_progress(tensors: Mapping[str, TensorRef], progress: Callable[[int], None] | None) -> dict[str, TensorRef]:
+    if progress is None:
+        return dict(tensors)
+
+    def reporting(ref: TensorRef) -> TensorRef:
+        def read():
+            array = ref.read()
+            progress(array.nbytes)
+            return array
+        return TensorRef(ref.dtype, ref.shape, read)
+
+    return {name: reporting(ref) for name, ref in tensors.items()}
+
+
+def write(dst: Path, tensors: dict[str, TensorRef], fmt: str, target: Scheme, detected, loaded, options,
+          progress: Callable[[int], None] | None = None) -> None:
+    tensors = with_progress(tensors, progress)
+    metadata = {"format": "ms" if target in NAMED_OPTIMIZER_SCHEMES else "pt"}
+    if fmt != HF_DIR:
+        write_checkpoint(dst, tensors, fmt, options.force, extras={"metadata": metadata})
+        return
+    norm_pix_loss = options.norm_pix_loss if options.norm_pix_loss is not None else loaded.norm_pix_loss
+    with atomic_output(dst, options.force) as tmp:
+        tmp.mkdir()
+        (tmp / "config.json").write_text(json.dumps(hf_config(detected.config, detected.kind, norm_pix_loss),
+                                                    indent=2) + "\n")
+        weights = tmp / "model.safetensors"
+        safetensors.write(weights, tensors, {"format": "pt"})
+        differ = same_tensors(tensors, read_checkpoint(weights).tensors)
+        if differ:
+            raise MaeconvError(f"{dst}: read-back check failed for {len(differ)} tensors (e.g. {differ[0]})")
+
+
+def carry_optimizer(loaded, target: Scheme, fmt: str, refs: Mapping[str, TensorRef], notes: list[str]) -> dict:
+    """Optimizer moments renamed like their parameters, for targets that store them by name."""
+    if fmt not in (MINDSPORE, SAFETENSORS) or target not in NAMED_OPTIMIZER_SCHEMES:
+        raise MaeconvError(f"--keep-optimizer needs a MindSpore-family target (.ckpt, or safetensors with "
+                           f"--to mindspore/mindformers); {target.name} {fmt} files keep no optimizer state by name")
+    if loaded.scheme not in NAMED_OPTIMIZER_SCHEMES:
+        raise MaeconvError(f"{loaded.checkpoint.path}: its optimizer state is not stored by parameter name; "
+                           "only MindSpore/MindFormers training checkpoints carry over")
+    from .pipeline import MOMENT_PREFIXES
+
+    out = {}
+    tensors = loaded.checkpoint.tensors
+    for prefix in MOMENT_PREFIXES:
+        moments = {n[len(prefix):]: ref for n, ref in tensors.items() if n.startswith(prefix)}
+        if not moments:
+            continue
+        canonical = apply_to_canonical(loaded.scheme.plan_to_canonical(moments), moments)
+        canonical = {n: r for n, r in canonical.items() if n in refs}
+        foreign = apply_from_canonical(target.plan_from_canonical(canonical), canonical)
+        out.update({prefix + n: ref for n, ref in foreign.items()})
+    out.update({n: ref for n, ref in tensors.items() if n in loaded.skipped and not n.startswith(MOMENT_PREFIXES)})
+    notes.append(f"kept {len(out)} optimizer/training-state entries")
+    return out
