@@ -69,6 +69,8 @@ def _run_convert(src, dst, fmt, options, as_json):
         return
     for note in done.notes:
         say(f"note: {note}")
+    for warning in done.warnings:
+        say(f"warning: {warning}")
     click.echo(f"wrote {done.output} ({done.preset}, {done.kind}, {done.scheme} names, {done.tensors} tensors, "
                f"read back and verified) in {seconds:.1f} s")
 

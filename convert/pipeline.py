@@ -149,12 +149,13 @@ class Conversion:
     tensors: int
     skipped: int                    # optimizer / training-state entries left out
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     mapping: list[dict] = field(default_factory=list)  # the full name mapping, for --dry-run
 
     def to_dict(self) -> dict:
         return {"source": str(self.source), "output": str(self.output), "format": self.format,
                 "scheme": self.scheme, "preset": self.preset, "kind": self.kind, "tensors": self.tensors,
-                "skipped_training_state": self.skipped, "notes": self.notes}
+                "skipped_training_state": self.skipped, "notes": self.notes, "warnings": self.warnings}
 
 
 @dataclass
@@ -212,11 +213,14 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, fmt: str | No
     if options.keep_optimizer:
         tensors.update(writers.carry_optimizer(loaded, target, fmt, refs, notes))
     done = Conversion(Path(src), dst, fmt, target.name, detected.preset, detected.kind, len(tensors),
-                      len(loaded.skipped), notes, mapping_table(loaded, plan, refs))
+                      len(loaded.skipped), notes, mapping=mapping_table(loaded, plan, refs))
     if options.dry_run:
         return done
     update = progress(2 * sum(ref.nbytes for ref in tensors.values())) if progress else None
-    writers.write(dst, tensors, fmt, target, detected, loaded, options, update)
+    nonfinite = writers.write(dst, tensors, fmt, target, detected, loaded, options, update)
+    if nonfinite:
+        done.warnings.append(f"{len(nonfinite)} tensors hold NaN or Inf values (written as they are): "
+                             f"{', '.join(nonfinite[:5])}")
     return done
 
 

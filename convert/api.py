@@ -1,0 +1,51 @@
+"""The Python API in the style of the seed's AutoModel/AutoConfig: names or paths in, models out."""
+from __future__ import annotations
+
+import os
+import warnings
+
+from ..models.config import MAEConfig, get_preset
+from .checkpoints import TORCH
+from .pipeline import load_canonical
+from .twins import create_model, load_state, task_of
+
+
+def from_pretrained(name_or_path: str | os.PathLike, framework: str = TORCH, **config_overrides):
+    """A twin model with the weights of a checkpoint file, directory or official name loaded strictly.
+
+    The preset and kind are detected from the file. An encoder-only checkpoint gives the
+    pretraining model with its decoder reported absent (a warning, and `model.decoder_absent`)."""
+    loaded = load_canonical(name_or_path)
+    config = loaded.detected.config
+    if loaded.norm_pix_loss is not None:
+        config = config.replace(norm_pix_loss=loaded.norm_pix_loss)
+    config = config.replace(**config_overrides)
+    model = create_model(config, task_of(loaded.detected.kind), framework)
+    report = load_state(model, loaded.state, framework, str(name_or_path))
+    model.decoder_absent = report.decoder_absent
+    if report.decoder_absent:
+        warnings.warn(f"{name_or_path}: encoder-only checkpoint; the decoder is left as initialised, not trained",
+                      stacklevel=2)
+    return model
+
+
+class AutoConfig:
+    @staticmethod
+    def from_pretrained(name_or_path: str | os.PathLike) -> MAEConfig:
+        """The config of a preset name (e.g. 'mae_vit_base_p16'), or of a checkpoint file, directory or
+        official checkpoint name."""
+        try:
+            return get_preset(str(name_or_path)).config
+        except KeyError:
+            return load_canonical(name_or_path).detected.config
+
+
+class AutoModel:
+    @staticmethod
+    def from_pretrained(name_or_path: str | os.PathLike, framework: str = TORCH, **config_overrides):
+        """A model with pretrained weights, or, for a preset name, freshly initialised."""
+        try:
+            preset = get_preset(str(name_or_path))
+        except KeyError:
+            return from_pretrained(name_or_path, framework, **config_overrides)
+        return create_model(preset.config.replace(**config_overrides), preset.task, framework)
