@@ -14,6 +14,7 @@ import os
 import pickle
 import shutil
 import struct
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,7 +107,8 @@ def _torch_load(path: Path):
     import torch
 
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on odd pickle protocols; failures are reported below
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as error:  # torch raises many types for bad files; all mean the same here
         reason = _first_line(error)

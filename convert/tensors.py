@@ -6,6 +6,8 @@ from typing import Callable
 
 import numpy as np
 
+from .errors import MaeconvError
+
 
 @dataclass(frozen=True)
 class TensorRef:
@@ -31,7 +33,7 @@ class TensorRef:
     def load(self) -> np.ndarray:
         array = self.read()
         if array.dtype != self.dtype or tuple(array.shape) != self.shape:
-            raise ValueError(f"tensor data is {array.dtype}{array.shape}, its header says {self.dtype}{self.shape}")
+            raise MaeconvError(f"tensor data is {array.dtype}{array.shape}, its header says {self.dtype}{self.shape}")
         return array
 
     def cast(self, dtype: np.dtype) -> "TensorRef":
@@ -47,7 +49,7 @@ def read_file_array(path, dtype: np.dtype, shape: tuple, offset: int) -> np.ndar
     with open(path, "rb") as f:
         f.seek(offset)
         if f.readinto(array.reshape(-1).view(np.uint8)) != array.nbytes:
-            raise EOFError(f"{path}: file ends inside a tensor")
+            raise MaeconvError(f"{path}: file ends inside a tensor (truncated)")
     return array
 
 

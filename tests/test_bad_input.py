@@ -24,8 +24,12 @@ class RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
+def _snapshot(folder):
+    return {p: (p.read_bytes() if p.is_file() else None) for p in folder.rglob("*")}
+
+
 def _fails_cleanly(tmp_path, args, *expected):
-    before = set(tmp_path.rglob("*"))
+    before = _snapshot(tmp_path)
     result = CliRunner().invoke(cli, [str(a) for a in args])
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
@@ -34,7 +38,7 @@ def _fails_cleanly(tmp_path, args, *expected):
     assert len(errors) == 1 and result.stderr.rstrip().endswith(errors[0]), result.stderr
     for text in expected:
         assert text in errors[0]
-    assert set(tmp_path.rglob("*")) == before  # no output, no temporary file
+    assert _snapshot(tmp_path) == before  # no output, no temporary file, inputs untouched
     return errors[0]
 
 
@@ -122,3 +126,53 @@ def test_console_script_prints_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip() == f"Error: {tmp_path / 'gone.pth'}: no such file"
     assert result.stdout == ""
+
+
+def _valid_files(tmp_path, tiny_pth):
+    CliRunner().invoke(cli, ["convert", str(tiny_pth), str(tmp_path / "v.safetensors")])
+    CliRunner().invoke(cli, ["convert", str(tiny_pth), str(tmp_path / "v.ckpt")])
+    return {".pth": tiny_pth, ".safetensors": tmp_path / "v.safetensors", ".ckpt": tmp_path / "v.ckpt"}
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors", ".ckpt"])
+@pytest.mark.parametrize("damage", ["truncated", "random"])
+def test_damaged_files_in_every_format(tmp_path, tiny_pth, suffix, damage):
+    data = _valid_files(tmp_path, tiny_pth)[suffix].read_bytes()
+    bad = tmp_path / f"bad{suffix}"
+    bad.write_bytes(data[: len(data) * 2 // 3] if damage == "truncated" else np.random.default_rng(1).bytes(len(data)))
+    line = _fails_cleanly(tmp_path, ["convert", bad, tmp_path / "out.pth"], f"bad{suffix}")
+    assert "truncated" in line or "not a" in line or "does not fit" in line or "corrupt" in line
+
+
+def test_broken_hf_directories(tmp_path, tiny_pth):
+    folder = tmp_path / "hf"
+    CliRunner().invoke(cli, ["convert", str(tiny_pth), str(folder)])
+    (folder / "config.json").write_text("{not json")
+    _fails_cleanly(tmp_path, ["inspect", folder], "config.json", "not valid JSON")
+    (folder / "config.json").unlink()
+    _fails_cleanly(tmp_path, ["inspect", folder], "not a Hugging Face model directory")
+
+
+def test_full_disk_leaves_nothing_behind(tmp_path, tiny_pth):
+    """A write that fails part-way (the file size limit stands in for a full disk)."""
+    import resource
+    import signal
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    before = _snapshot(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "maeconv.convert.cli", "torch2ms", str(tiny_pth),
+                             str(tmp_path / "out.ckpt")], capture_output=True, text=True, timeout=120,
+                            preexec_fn=limit_file_size)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(f"Error: {tmp_path / 'out.ckpt'}: cannot write")
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_unwritable_directory(tmp_path, tiny_pth):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    _fails_cleanly(tmp_path, ["torch2ms", tiny_pth, locked / "out.ckpt"], "not writable")

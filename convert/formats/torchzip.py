@@ -44,8 +44,8 @@ class _Refused(Exception):
     pass
 
 
-def _entries(archive: zipfile.ZipFile, path: Path) -> dict[str, int]:
-    """Name -> absolute offset of each stored entry's data."""
+def _entries(archive: zipfile.ZipFile, path: Path) -> dict[str, tuple[int, int]]:
+    """Name -> (absolute offset, size) of each stored entry's data."""
     offsets = {}
     with open(path, "rb") as f:
         for info in archive.infolist():
@@ -56,7 +56,7 @@ def _entries(archive: zipfile.ZipFile, path: Path) -> dict[str, int]:
             if len(local) != 30 or local[:4] != b"PK\x03\x04":
                 raise Unsupported("bad local header")
             name_length, extra_length = struct.unpack("<HH", local[26:30])
-            offsets[info.filename] = info.header_offset + 30 + name_length + extra_length
+            offsets[info.filename] = (info.header_offset + 30 + name_length + extra_length, info.file_size)
     return offsets
 
 
@@ -84,7 +84,7 @@ def _rebuild_tensor(path: Path):
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, file, path: Path, prefix: str, offsets: dict[str, int]):
+    def __init__(self, file, path: Path, prefix: str, offsets: dict[str, tuple[int, int]]):
         super().__init__(file)
         self.path, self.prefix, self.offsets = path, prefix, offsets
         rebuild = _rebuild_tensor(path)
@@ -111,7 +111,10 @@ class _Unpickler(pickle.Unpickler):
         name = f"{self.prefix}/data/{key}"
         if name not in self.offsets:
             raise _Refused(f"missing storage {key}")
-        return _Storage(self.offsets[name], storage_type.dtype, int(numel))
+        offset, size = self.offsets[name]
+        if not 0 <= int(numel) * storage_type.dtype.itemsize <= size:
+            raise _Refused(f"storage {key} larger than its entry")
+        return _Storage(offset, storage_type.dtype, int(numel))
 
 
 def read(path: Path):
