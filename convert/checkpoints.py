@@ -16,6 +16,7 @@ import shutil
 import struct
 import warnings
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
@@ -24,7 +25,7 @@ import numpy as np
 
 from .errors import MaeconvError
 from .formats import ckpt, safetensors, torchzip
-from .tensors import TensorRef
+from .tensors import Span, TensorRef, read_file_array, spans_equal
 
 TORCH = "torch"
 MINDSPORE = "mindspore"
@@ -215,49 +216,119 @@ def atomic_output(path: str | os.PathLike, force: bool = False, suffix: str = ""
             tmp.unlink()
 
 
-def _save_torch(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping) -> None:
+def _save_torch(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping, on_written) -> None:
     """The official layout: {'model': state_dict}."""
     import torch
 
     torch.save({"model": {name: numpy_to_torch(ref.load()) for name, ref in tensors.items()}}, path)
 
 
-def _save_safetensors(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping) -> None:
-    safetensors.write(path, tensors, extras.get("metadata"))
+def _save_safetensors(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping, on_written) -> None:
+    safetensors.write(path, tensors, extras.get("metadata"), on_written)
 
 
-def _save_mindspore(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping) -> None:
-    ckpt.write(path, tensors)
+def _save_mindspore(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping, on_written) -> None:
+    ckpt.write(path, tensors, on_written)
 
 
 SAVERS: dict[str, Callable] = {TORCH: _save_torch, SAFETENSORS: _save_safetensors, MINDSPORE: _save_mindspore}
 
 
+def region_matches(ref: TensorRef, written: Span, nonfinite: Callable[[], None] | None) -> bool:
+    """Whether the bytes at `written` are the tensor's; calls `nonfinite` if they hold NaN or Inf."""
+    if ref.span:
+        return spans_equal(ref.span, written, ref.nbytes, ref.dtype, nonfinite)
+    expected = ref.load()
+    actual = read_file_array(written.path, ref.dtype, ref.shape, written.offset)
+    if nonfinite and (actual.dtype.kind == "f" or actual.dtype.name == "bfloat16") and not np.isfinite(actual).all():
+        nonfinite()
+    return np.array_equal(_bytes(expected), _bytes(actual))
+
+
+def write_verified(path: Path, tensors: Mapping[str, TensorRef], fmt: str, extras: Mapping | None = None,
+                   progress: Callable[[int], None] | None = None, nonfinite: list[str] | None = None) -> list[str]:
+    """Writes `path` and reads it back: each tensor is compared with its source on a second thread
+    as soon as it is written, then the file is parsed again and every tensor checked to stand where
+    it was verified. Returns the names that differ."""
+    jobs = {}
+    flag = (lambda name: (lambda: nonfinite.append(name))) if nonfinite is not None else (lambda name: None)
+
+    def verify(name: str, offset: int) -> bool:
+        matches = region_matches(tensors[name], Span(str(path), offset), flag(name))
+        if progress:
+            progress(tensors[name].nbytes)
+        return matches
+
+    def on_written(name: str, offset: int) -> None:
+        if progress:
+            progress(tensors[name].nbytes)
+        jobs[name] = (offset, pool.submit(verify, name, offset))
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        SAVERS[fmt](path, tensors, extras or {}, on_written)
+    readback = read_checkpoint(path).tensors
+    differ = sorted(set(tensors) ^ set(readback))
+    rest = {}
+    for name, ref in tensors.items():
+        back = readback.get(name)
+        if back is None:
+            continue
+        if name not in jobs:
+            rest[name] = ref
+            continue
+        offset, job = jobs[name]
+        in_place = back.span is not None and back.span.offset == offset
+        if not (job.result() and in_place and back.dtype == ref.dtype and back.shape == ref.shape):
+            differ.append(name)
+    if progress and rest:
+        progress(sum(ref.nbytes for ref in rest.values()))  # written without per-tensor reports
+    return differ + same_tensors(rest, {name: readback[name] for name in rest}, progress, nonfinite)
+
+
 def same_tensors(expected: Mapping[str, TensorRef | np.ndarray], actual: Mapping[str, TensorRef | np.ndarray],
-                 progress: Callable[[int], None] | None = None) -> list[str]:
-    """Names whose dtype, shape or bytes differ (or that only one side has), compared one at a time."""
+                 progress: Callable[[int], None] | None = None, nonfinite: list[str] | None = None) -> list[str]:
+    """Names whose dtype, shape or bytes differ (or that only one side has), compared one at a time,
+    file region against file region where both are stored as they are. Names of `actual` tensors
+    holding NaN or Inf are appended to `nonfinite` when it is given."""
     differ = sorted(set(expected) ^ set(actual))
     for name in expected:
         if name not in actual:
             continue
-        x, y = _array(expected[name]), _array(actual[name])
-        if x.dtype != y.dtype or x.shape != y.shape or \
-                np.ascontiguousarray(x).reshape(-1).view(np.uint8).data != np.ascontiguousarray(y).reshape(-1).view(np.uint8).data:
+        e, a = _ref(expected[name]), _ref(actual[name])
+        if e.dtype != a.dtype or e.shape != a.shape:
+            differ.append(name)
+            continue
+        flag = (lambda n=name: nonfinite.append(n)) if nonfinite is not None else None
+        if e.span and a.span:
+            equal = spans_equal(e.span, a.span, e.nbytes, e.dtype, flag)
+        else:
+            x, y = e.load(), a.load()
+            equal = np.array_equal(_bytes(x), _bytes(y))
+            floating = y.dtype.kind == "f" or y.dtype.name == "bfloat16"
+            if flag and floating and not np.isfinite(y).all():
+                flag()
+        if not equal:
             differ.append(name)
         if progress:
-            progress(x.nbytes)
+            progress(e.nbytes)
     return differ
 
 
-def _array(value) -> np.ndarray:
-    return value.load() if isinstance(value, TensorRef) else np.asarray(value)
+def _bytes(array: np.ndarray) -> np.ndarray:
+    """The raw bytes, as wide integers where the size allows: NaN compares equal to itself here."""
+    flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+    return flat.view(np.uint64) if flat.size % 8 == 0 else flat
+
+
+def _ref(value) -> TensorRef:
+    return value if isinstance(value, TensorRef) else TensorRef.of(value)
 
 
 def write_checkpoint(path, tensors: Mapping[str, TensorRef], fmt: str, force: bool = False,
-                     extras: Mapping | None = None, verify: Callable | None = None) -> None:
+                     extras: Mapping | None = None, progress: Callable[[int], None] | None = None,
+                     nonfinite: list[str] | None = None) -> None:
     """Writes atomically; the file is read back and compared tensor by tensor before it is kept."""
     with atomic_output(path, force) as tmp:
-        SAVERS[fmt](tmp, tensors, extras or {})
-        differ = (verify or same_tensors)(tensors, read_checkpoint(tmp).tensors)
+        differ = write_verified(tmp, tensors, fmt, extras, progress, nonfinite)
         if differ:
             raise MaeconvError(f"{path}: read-back check failed for {len(differ)} tensors (e.g. {differ[0]})")

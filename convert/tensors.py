@@ -1,6 +1,8 @@
 """Tensors known by dtype and shape before their bytes are read: conversions stream one at a time."""
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -9,13 +11,31 @@ import numpy as np
 from .errors import MaeconvError
 
 
+# Bytes handled per step when tensors are copied or compared file to file.
+CHUNK = 8 << 20
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where a tensor's exact bytes lie in a file, stored as they are (little-endian, C order)."""
+
+    path: str
+    offset: int
+
+
 @dataclass(frozen=True)
 class TensorRef:
-    """A tensor whose data is produced on demand by `read` (from a file, a transform, or memory)."""
+    """A tensor whose data is produced on demand by `read` (from a file, a transform, or memory).
+    `span` is set when the bytes can be copied straight from a file, without being interpreted."""
 
     dtype: np.dtype
     shape: tuple[int, ...]
     read: Callable[[], np.ndarray]
+    span: Span | None = None
+
+    @classmethod
+    def in_file(cls, path, dtype: np.dtype, shape: tuple, offset: int) -> "TensorRef":
+        return cls(dtype, shape, lambda: read_file_array(path, dtype, shape, offset), Span(str(path), offset))
 
     @classmethod
     def of(cls, array: np.ndarray) -> "TensorRef":
@@ -60,3 +80,51 @@ def dtype_by_name(name: str) -> np.dtype:
 
         return np.dtype(ml_dtypes.bfloat16)
     return np.dtype(name)
+
+
+def copy_span(out, span: Span, nbytes: int) -> None:
+    """Appends a tensor's bytes from its file to the unbuffered file `out`, inside the kernel
+    where it can (as cp does), else through a buffer."""
+    with open(span.path, "rb", buffering=0) as source:
+        offset, remaining = span.offset, nbytes
+        try:
+            while remaining:
+                copied = os.copy_file_range(source.fileno(), out.fileno(), min(remaining, 1 << 30), offset)
+                if copied == 0:
+                    raise MaeconvError(f"{span.path}: file ends inside a tensor (truncated)")
+                offset, remaining = offset + copied, remaining - copied
+        except OSError as error:
+            if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            source.seek(offset)
+            while remaining:
+                chunk = source.read(min(remaining, CHUNK))
+                if not chunk:
+                    raise MaeconvError(f"{span.path}: file ends inside a tensor (truncated)") from None
+                out.write(chunk)
+                remaining -= len(chunk)
+
+
+def spans_equal(a: Span, b: Span, nbytes: int, dtype: np.dtype, nonfinite: Callable[[], None] | None) -> bool:
+    """Compares two files' regions chunk by chunk; calls `nonfinite` if `b` holds NaN or Inf."""
+    itemsize = dtype.itemsize
+    step = CHUNK - CHUNK % (8 * itemsize)
+    floating = dtype.kind == "f" or dtype.name == "bfloat16"
+    first, second = np.empty(step, np.uint8), np.empty(step, np.uint8)
+    flagged = False
+    with open(a.path, "rb", buffering=0) as fa, open(b.path, "rb", buffering=0) as fb:
+        fa.seek(a.offset)
+        fb.seek(b.offset)
+        done = 0
+        while done < nbytes:
+            n = min(step, nbytes - done)
+            if fa.readinto(first[:n]) != n or fb.readinto(second[:n]) != n:
+                return False
+            wide = np.uint64 if n % 8 == 0 else np.uint8
+            if not np.array_equal(first[:n].view(wide), second[:n].view(wide)):
+                return False
+            if floating and not flagged and nonfinite and not np.isfinite(second[:n].view(dtype)).all():
+                flagged = True
+                nonfinite()
+            done += n
+    return True

@@ -5,12 +5,10 @@ import json
 from pathlib import Path
 from typing import Callable, Mapping
 
-import numpy as np
 
 from ..models.config import ENCODER, MAEConfig
-from .checkpoints import HF_DIR, MINDSPORE, SAFETENSORS, atomic_output, read_checkpoint, same_tensors, write_checkpoint
+from .checkpoints import HF_DIR, MINDSPORE, SAFETENSORS, atomic_output, write_checkpoint, write_verified
 from .errors import MaeconvError
-from .formats import safetensors
 from .schemes import MINDFORMERS, MINDSPORE as MINDSPORE_SCHEME, Scheme, apply_from_canonical, apply_to_canonical
 from .tensors import TensorRef
 
@@ -45,41 +43,21 @@ def hf_config(config: MAEConfig, kind: str, norm_pix_loss: bool) -> dict:
     }
 
 
-def watching(tensors: Mapping[str, TensorRef], progress: Callable[[int], None] | None,
-             nonfinite: list[str]) -> dict[str, TensorRef]:
-    """The same tensors, reporting their bytes to `progress` and their names to `nonfinite` when they
-    hold NaN or Inf, as they are read for writing."""
-    def watched(name: str, ref: TensorRef) -> TensorRef:
-        def read():
-            array = ref.read()
-            if progress:
-                progress(array.nbytes)
-            if array.dtype.kind == "f" or array.dtype.name == "bfloat16":
-                if not np.isfinite(array).all() and name not in nonfinite:
-                    nonfinite.append(name)
-            return array
-        return TensorRef(ref.dtype, ref.shape, read)
-
-    return {name: watched(name, ref) for name, ref in tensors.items()}
-
-
 def write(dst: Path, tensors: dict[str, TensorRef], fmt: str, target: Scheme, detected, loaded, options,
           progress: Callable[[int], None] | None = None) -> list[str]:
     """Writes and verifies; returns the names of tensors holding NaN or Inf (written as they are)."""
     nonfinite: list[str] = []
-    tensors = watching(tensors, progress, nonfinite)
     metadata = {"format": "ms" if target in NAMED_OPTIMIZER_SCHEMES else "pt"}
     if fmt != HF_DIR:
-        write_checkpoint(dst, tensors, fmt, options.force, extras={"metadata": metadata})
+        write_checkpoint(dst, tensors, fmt, options.force, {"metadata": metadata}, progress, nonfinite)
         return nonfinite
     norm_pix_loss = options.norm_pix_loss if options.norm_pix_loss is not None else loaded.norm_pix_loss
     with atomic_output(dst, options.force) as tmp:
         tmp.mkdir()
         (tmp / "config.json").write_text(json.dumps(hf_config(detected.config, detected.kind, norm_pix_loss),
                                                     indent=2) + "\n")
-        weights = tmp / "model.safetensors"
-        safetensors.write(weights, tensors, {"format": "pt"})
-        differ = same_tensors(tensors, read_checkpoint(weights).tensors)
+        differ = write_verified(tmp / "model.safetensors", tensors, SAFETENSORS, {"metadata": {"format": "pt"}},
+                                progress, nonfinite)
         if differ:
             raise MaeconvError(f"{dst}: read-back check failed for {len(differ)} tensors (e.g. {differ[0]})")
     return nonfinite

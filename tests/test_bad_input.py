@@ -176,3 +176,21 @@ def test_unwritable_directory(tmp_path, tiny_pth):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
     _fails_cleanly(tmp_path, ["torch2ms", tiny_pth, locked / "out.ckpt"], "not writable")
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".safetensors"])
+def test_a_corrupted_write_is_caught_by_the_read_back(tmp_path, tiny_pth, monkeypatch, suffix):
+    from maeconv.convert import tensors
+
+    original = tensors.copy_span
+
+    def corrupting_copy(out, span, nbytes):
+        original(out, span, nbytes)
+        if nbytes > 1000:  # the last bytes of each large tensor go wrong on their way to the disk
+            out.seek(-4, os.SEEK_END)
+            out.write(b"\xde\xad\xbe\xef")
+
+    from maeconv.convert.formats import ckpt, safetensors
+    monkeypatch.setattr(ckpt, "copy_span", corrupting_copy)
+    monkeypatch.setattr(safetensors, "copy_span", corrupting_copy)
+    _fails_cleanly(tmp_path, ["convert", tiny_pth, tmp_path / f"out{suffix}"], "read-back check failed")

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import BinaryIO, Mapping
+from typing import BinaryIO, Callable, Mapping
 
 import numpy as np
 
 from ..errors import MaeconvError
-from ..tensors import TensorRef, dtype_by_name
+from ..tensors import TensorRef, copy_span, dtype_by_name
 
 TYPES = {"Float32": "float32", "Float16": "float16", "Float64": "float64", "BFloat16": "bfloat16",
          "Int8": "int8", "UInt8": "uint8", "Int16": "int16", "UInt16": "uint16", "Int32": "int32",
@@ -163,7 +163,10 @@ def read(path: Path) -> tuple[dict[str, TensorRef], dict]:
         shape = () if dims == [0] else tuple(dims)
         if sum(length for _, length in spans) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
             raise MaeconvError(f"{path}: tensor {tag!r} content does not match its dims {shape}")
-        refs[tag] = TensorRef(dtype, shape, lambda d=dtype, s=shape, sp=spans: _read_spans(path, d, s, sp))
+        if len(spans) == 1:
+            refs[tag] = TensorRef.in_file(path, dtype, shape, spans[0][0])
+        else:
+            refs[tag] = TensorRef(dtype, shape, lambda d=dtype, s=shape, sp=spans: _read_spans(path, d, s, sp))
     if not refs:
         raise MaeconvError(f"{path}: not a readable MindSpore checkpoint (no tensors)")
     return refs, extras
@@ -185,24 +188,35 @@ def _length_delimited(field: int, length: int) -> bytes:
     return _encode_varint(field << 3 | 2) + _encode_varint(length)
 
 
-def _write_value(f: BinaryIO, tag: str, shape: tuple, type_name: str, content: memoryview) -> None:
+def _value_head(tag: str, shape: tuple, type_name: str, content_length: int) -> bytes:
+    """Everything of one Value record before its tensor_content bytes."""
     dims = b"".join(_encode_varint(1 << 3) + _encode_varint(d & 0xFFFFFFFFFFFFFFFF) for d in (shape or (0,)))
     type_bytes = type_name.encode()
-    tensor_head = dims + _length_delimited(2, len(type_bytes)) + type_bytes + _length_delimited(3, len(content))
-    tensor_length = len(tensor_head) + len(content)
+    tensor_head = dims + _length_delimited(2, len(type_bytes)) + type_bytes + _length_delimited(3, content_length)
+    tensor_length = len(tensor_head) + content_length
     tag_bytes = tag.encode()
     value_head = _length_delimited(1, len(tag_bytes)) + tag_bytes + _length_delimited(2, tensor_length)
-    f.write(_length_delimited(1, len(value_head) + tensor_length) + value_head + tensor_head)
-    f.write(content)
+    return _length_delimited(1, len(value_head) + tensor_length) + value_head + tensor_head
 
 
-def write(path: Path, tensors: Mapping[str, TensorRef]) -> None:
-    with open(path, "wb") as f:
+def write(path: Path, tensors: Mapping[str, TensorRef], on_written: Callable[[str, int], None] | None = None) -> None:
+    """Writes the tensors in order; `on_written(name, offset)` hears of each tensor stored in one
+    piece as soon as its bytes are in the file."""
+    with open(path, "wb", buffering=0) as f:
         for name, ref in tensors.items():
+            type_name = TYPE_OF[ref.dtype.name]
+            if ref.nbytes <= SLICE_BYTES:
+                f.write(_value_head(name, ref.shape, type_name, ref.nbytes))
+                offset = f.tell()
+                if ref.span:
+                    copy_span(f, ref.span, ref.nbytes)
+                else:
+                    f.write(np.ascontiguousarray(ref.load()).reshape(-1).view(np.uint8).data)
+                if on_written:
+                    on_written(name, offset)
+                continue
             array = np.ascontiguousarray(ref.load())
-            type_name = TYPE_OF[array.dtype.name]
-            slices = [array]
-            if array.nbytes > SLICE_BYTES and array.ndim:
-                slices = np.array_split(array, math.ceil(array.nbytes / SLICE_BYTES))
-            for part in slices:
-                _write_value(f, name, ref.shape, type_name, np.ascontiguousarray(part).reshape(-1).view(np.uint8).data)
+            for part in np.array_split(array, math.ceil(array.nbytes / SLICE_BYTES)):
+                content = np.ascontiguousarray(part).reshape(-1).view(np.uint8).data
+                f.write(_value_head(name, ref.shape, type_name, len(content)))
+                f.write(content)

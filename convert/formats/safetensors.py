@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
 from ..errors import MaeconvError
-from ..tensors import TensorRef, dtype_by_name, read_file_array
+from ..tensors import TensorRef, copy_span, dtype_by_name
 
 CODES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
          "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "U16": "uint16", "U32": "uint32",
@@ -53,11 +53,14 @@ def read(path: Path) -> tuple[dict[str, TensorRef], dict]:
         if min(shape, default=0) < 0 or end - begin != count * dtype.itemsize or begin < 0 \
                 or data_start + end > size:
             raise MaeconvError(f"{path}: tensor {name!r} does not fit the file (truncated or corrupt)")
-        refs[name] = TensorRef(dtype, shape, lambda d=dtype, s=shape, o=data_start + begin: read_file_array(path, d, s, o))
+        refs[name] = TensorRef.in_file(path, dtype, shape, data_start + begin)
     return refs, metadata
 
 
-def write(path: Path, tensors: Mapping[str, TensorRef], metadata: Mapping[str, str] | None = None) -> None:
+def write(path: Path, tensors: Mapping[str, TensorRef], metadata: Mapping[str, str] | None = None,
+          on_written: Callable[[str, int], None] | None = None) -> None:
+    """Writes the tensors in order; `on_written(name, offset)` hears of each as soon as its bytes
+    are in the file."""
     header = {}
     offset = 0
     for name, ref in tensors.items():
@@ -68,8 +71,13 @@ def write(path: Path, tensors: Mapping[str, TensorRef], metadata: Mapping[str, s
         header = {"__metadata__": dict(metadata), **header}
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # tensor data starts 8-byte aligned, as the reference writer does
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(encoded)))
-        f.write(encoded)
-        for ref in tensors.values():
-            f.write(np.ascontiguousarray(ref.load()).reshape(-1).view(np.uint8).data)
+    with open(path, "wb", buffering=0) as f:
+        f.write(struct.pack("<Q", len(encoded)) + encoded)
+        for name, ref in tensors.items():
+            offset = f.tell()
+            if ref.span:
+                copy_span(f, ref.span, ref.nbytes)
+            else:
+                f.write(np.ascontiguousarray(ref.load()).reshape(-1).view(np.uint8).data)
+            if on_written:
+                on_written(name, offset)

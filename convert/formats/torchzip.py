@@ -72,7 +72,7 @@ def _rebuild_tensor(path: Path):
             raise _Refused("tensor outside its storage")
         start = storage.offset + storage_offset * dtype.itemsize
         if stride == contiguous or not all(shape):
-            return TensorRef(dtype, shape, lambda: read_file_array(path, dtype, shape, start))
+            return TensorRef.in_file(path, dtype, shape, start)
 
         def read_strided():
             flat = read_file_array(path, dtype, (extent,), start)
