@@ -244,7 +244,8 @@ def _mode_option():
 @_framework_option()
 @_mode_option()
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
-def forward(checkpoint, images, noise, out, mask_ratio, norm_pix_loss, framework, mode, force):
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def forward(checkpoint, images, noise, out, mask_ratio, norm_pix_loss, framework, mode, force, as_json):
     """Run the pretraining model and save loss, pred, mask, ids_restore, latent to an .npz."""
     import numpy as np
 
@@ -266,12 +267,17 @@ def forward(checkpoint, images, noise, out, mask_ratio, norm_pix_loss, framework
         noise_arr = _load_array(noise, "--noise").astype(np.float32, copy=False)
         if noise_arr.shape != (imgs.shape[0], config.num_patches):
             raise MaeconvError(f"{noise}: shape {noise_arr.shape}, expected ({imgs.shape[0]}, {config.num_patches})")
-    framework = framework or loaded.checkpoint.format
+    framework = framework or loaded.framework
     model = build_model(loaded.state, config, framework, mode)
     outputs = run_pretrain(model, framework, imgs, noise_arr, mask_ratio)
     with atomic_output(out, force) as tmp, open(tmp, "wb") as f:
         np.savez(f, **outputs)
-    click.echo(f"wrote {out} (loss {float(outputs['loss']):.6f}, {framework}, {loaded.detected.preset})")
+    if as_json:
+        click.echo(json.dumps({"output": str(out), "loss": float(outputs["loss"]), "framework": framework,
+                               "preset": loaded.detected.preset,
+                               "shapes": {k: list(v.shape) for k, v in outputs.items()}}))
+    else:
+        click.echo(f"wrote {out} (loss {float(outputs['loss']):.6f}, {framework}, {loaded.detected.preset})")
 
 
 def _require_full(loaded, checkpoint):

@@ -56,6 +56,12 @@ class Loaded:
         return {name: ref.load() for name, ref in self.refs.items()}
 
     @property
+    def framework(self) -> str:
+        """The framework whose files these are: MindSpore's for .ckpt and MindSpore-family names."""
+        mindspore_family = self.scheme.name in ("mindspore", "mindformers")
+        return MINDSPORE if self.checkpoint.format == MINDSPORE or mindspore_family else TORCH
+
+    @property
     def norm_pix_loss(self) -> bool | None:
         """What the file says about its training targets, if anything."""
         if "norm_pix_loss" in self.checkpoint.metadata:
