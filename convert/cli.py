@@ -109,28 +109,23 @@ common_options = [
 ]
 
 
-@cli.command()
-@click.argument("src")
-@click.argument("dst", required=False, type=click.Path(path_type=Path))
-@with_options(common_options)
-def torch2ms(src, dst, source_scheme, allow_unmapped, dry_run, force, as_json):
-    """Convert a PyTorch checkpoint (file or official name) to a MindSpore .ckpt."""
-    from .pipeline import Options
+def _short_form(name: str, fmt: str, doc: str) -> None:
+    """torch2ms / ms2torch: `convert` into one framework's own format and names."""
+    @cli.command(name, help=doc)
+    @click.argument("src")
+    @click.argument("dst", required=False, type=click.Path(path_type=Path))
+    @with_options(common_options)
+    def command(src, dst, source_scheme, allow_unmapped, dry_run, force, as_json):
+        from .pipeline import Options
 
-    options = Options(source_scheme=source_scheme, allow_unmapped=allow_unmapped, dry_run=dry_run, force=force)
-    _run_convert(src, dst, MINDSPORE, options, as_json)
+        options = Options(source_scheme=source_scheme, allow_unmapped=allow_unmapped, dry_run=dry_run, force=force)
+        _run_convert(src, dst, fmt, options, as_json)
 
 
-@cli.command()
-@click.argument("src")
-@click.argument("dst", required=False, type=click.Path(path_type=Path))
-@with_options(common_options)
-def ms2torch(src, dst, source_scheme, allow_unmapped, dry_run, force, as_json):
-    """Convert a MindSpore .ckpt to a PyTorch checkpoint in the official {'model': ...} layout."""
-    from .pipeline import Options
-
-    options = Options(source_scheme=source_scheme, allow_unmapped=allow_unmapped, dry_run=dry_run, force=force)
-    _run_convert(src, dst, TORCH, options, as_json)
+_short_form("torch2ms", MINDSPORE, "Convert a PyTorch checkpoint (file or official name) to a MindSpore .ckpt "
+                                   "with the MindSpore twin's names (default output: the input with .ckpt).")
+_short_form("ms2torch", TORCH, "Convert a MindSpore .ckpt to a PyTorch checkpoint in the official "
+                               "{'model': ...} layout (default output: the input with .pth).")
 
 
 @cli.command("convert")

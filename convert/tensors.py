@@ -82,6 +82,17 @@ def dtype_by_name(name: str) -> np.dtype:
     return np.dtype(name)
 
 
+def append_tensor(out, name: str, ref: TensorRef, on_written: Callable[[str, int], None] | None) -> None:
+    """Appends the tensor's bytes to the unbuffered file `out` and tells `on_written(name, offset)`."""
+    offset = out.tell()
+    if ref.span:
+        copy_span(out, ref.span, ref.nbytes)
+    else:
+        out.write(np.ascontiguousarray(ref.load()).reshape(-1).view(np.uint8).data)
+    if on_written:
+        on_written(name, offset)
+
+
 def copy_span(out, span: Span, nbytes: int) -> None:
     """Appends a tensor's bytes from its file to the unbuffered file `out`, inside the kernel
     where it can (as cp does), else through a buffer."""

@@ -190,7 +190,5 @@ def test_a_corrupted_write_is_caught_by_the_read_back(tmp_path, tiny_pth, monkey
             out.seek(-4, os.SEEK_END)
             out.write(b"\xde\xad\xbe\xef")
 
-    from maeconv.convert.formats import ckpt, safetensors
-    monkeypatch.setattr(ckpt, "copy_span", corrupting_copy)
-    monkeypatch.setattr(safetensors, "copy_span", corrupting_copy)
+    monkeypatch.setattr(tensors, "copy_span", corrupting_copy)
     _fails_cleanly(tmp_path, ["convert", tiny_pth, tmp_path / f"out{suffix}"], "read-back check failed")

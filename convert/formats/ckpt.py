@@ -16,7 +16,7 @@ from typing import BinaryIO, Callable, Mapping
 import numpy as np
 
 from ..errors import MaeconvError
-from ..tensors import TensorRef, copy_span, dtype_by_name
+from ..tensors import TensorRef, append_tensor, dtype_by_name
 
 TYPES = {"Float32": "float32", "Float16": "float16", "Float64": "float64", "BFloat16": "bfloat16",
          "Int8": "int8", "UInt8": "uint8", "Int16": "int16", "UInt16": "uint16", "Int32": "int32",
@@ -207,13 +207,7 @@ def write(path: Path, tensors: Mapping[str, TensorRef], on_written: Callable[[st
             type_name = TYPE_OF[ref.dtype.name]
             if ref.nbytes <= SLICE_BYTES:
                 f.write(_value_head(name, ref.shape, type_name, ref.nbytes))
-                offset = f.tell()
-                if ref.span:
-                    copy_span(f, ref.span, ref.nbytes)
-                else:
-                    f.write(np.ascontiguousarray(ref.load()).reshape(-1).view(np.uint8).data)
-                if on_written:
-                    on_written(name, offset)
+                append_tensor(f, name, ref, on_written)
                 continue
             array = np.ascontiguousarray(ref.load())
             for part in np.array_split(array, math.ceil(array.nbytes / SLICE_BYTES)):

@@ -14,7 +14,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from ..errors import MaeconvError
-from ..tensors import TensorRef, copy_span, dtype_by_name
+from ..tensors import TensorRef, append_tensor, dtype_by_name
 
 CODES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
          "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "U16": "uint16", "U32": "uint32",
@@ -74,10 +74,4 @@ def write(path: Path, tensors: Mapping[str, TensorRef], metadata: Mapping[str, s
     with open(path, "wb", buffering=0) as f:
         f.write(struct.pack("<Q", len(encoded)) + encoded)
         for name, ref in tensors.items():
-            offset = f.tell()
-            if ref.span:
-                copy_span(f, ref.span, ref.nbytes)
-            else:
-                f.write(np.ascontiguousarray(ref.load()).reshape(-1).view(np.uint8).data)
-            if on_written:
-                on_written(name, offset)
+            append_tensor(f, name, ref, on_written)
