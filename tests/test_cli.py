@@ -161,3 +161,15 @@ def test_training_state_is_skipped_with_a_note(tmp_path, tiny_state):
     restored = torch.load(tmp_path / "model.pth", weights_only=True)["model"]
     assert list(restored) == list(tiny_state)
     assert json.loads(run("inspect", tmp_path / "train.ckpt", "--json").stdout)["training_state"] == len(own) + 1
+
+
+def test_torch_training_checkpoint_yields_its_model(tmp_path, tiny_state):
+    model = {k: torch.from_numpy(v) for k, v in tiny_state.items()}
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(t.clone()) for t in model.values()])
+    path = tmp_path / "checkpoint-799.pth"
+    torch.save({"model": model, "optimizer": optimizer.state_dict(), "epoch": 799, "scaler": {"scale": 65536.0},
+                "args": __import__("argparse").Namespace(norm_pix_loss=True)}, path)
+    result = run("torch2ms", path, tmp_path / "out.ckpt", "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["skipped_training_state"] == 2 and info["tensors"] == len(tiny_state)

@@ -66,3 +66,18 @@ def test_timm_layout_loads_strictly_in_timm(tmp_path):
 
     model = timm.create_model("vit_base_patch16_224", pretrained=False, global_pool="avg", fc_norm=True)
     model.load_state_dict(load_file(tmp_path / "timm.safetensors"), strict=True)
+
+
+def test_encoder_only_directory_is_a_vit_mae_model(tmp_path):
+    from helpers import kind_state
+
+    state = kind_state(TINY, "encoder")
+    src = save_official(tmp_path / "enc.pth", state, with_args=False)
+    assert CliRunner().invoke(cli, ["convert", str(src), str(tmp_path / "hf")]).exit_code == 0
+    model = transformers.ViTMAEModel.from_pretrained(tmp_path / "hf").eval()
+    config = get_config(TINY)
+    images, noise = parity_inputs(config, batch=2, seed=6)
+    with torch.no_grad():
+        out = model(pixel_values=torch.from_numpy(images), noise=torch.from_numpy(noise))
+    expected = reference.mae_forward(images, state, config, noise, encoder_only=True)
+    np.testing.assert_allclose(out.last_hidden_state.numpy(), expected["latent"], atol=1e-5)
