@@ -11,6 +11,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, Uniform, XavierUniform, initializer
 
+from ..config import drop_path_rates
 from ..pos_embed import sincos_2d
 
 
@@ -87,19 +88,35 @@ def layer_norm(dim: int, eps: float) -> nn.LayerNorm:
     return nn.LayerNorm((dim,), epsilon=eps)  # MindSpore's default epsilon is 1e-7
 
 
+class DropPath(nn.Cell):
+    """Stochastic depth: drops a residual branch for whole samples while training (timm's drop_path)."""
+
+    def __init__(self, rate: float = 0.0):
+        super().__init__()
+        self.rate = rate
+
+    def construct(self, x: Tensor) -> Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.rate
+        kept = ops.floor(keep + ops.rand((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype))
+        return x * kept / keep
+
+
 class Block(nn.Cell):
     """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float, drop_path: float = 0.0):
         super().__init__()
         self.norm1 = layer_norm(dim, eps)
         self.attn = Attention(dim, num_heads)
+        self.drop_path = DropPath(drop_path)
         self.norm2 = layer_norm(dim, eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def construct(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 def frozen_table(table: np.ndarray) -> Parameter:
@@ -117,4 +134,4 @@ def build_encoder(model: nn.Cell, cfg) -> None:
     model.cls_token = token(cfg.embed_dim)
     model.pos_embed = frozen_table(sincos_2d(cfg.embed_dim, cfg.grid_size))
     model.blocks = nn.CellList(
-        [Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps) for _ in range(cfg.depth)])
+        [Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps, rate) for rate in drop_path_rates(cfg)])
