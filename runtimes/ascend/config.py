@@ -124,8 +124,19 @@ def parse_overrides(args: list[str]) -> dict:
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = _value(raw)
     return tree
+
+
+def _value(raw: str):
+    """YAML scalars, plus the floats YAML 1.1 reads as strings (2e-3, 1e5)."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def load_config(path: str | Path | None, overrides: list[str] | dict | None = None) -> dict:

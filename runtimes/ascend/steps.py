@@ -76,24 +76,46 @@ class _Update(nn.Cell):
 
 
 class TrainStep(_Update):
+    """Returns the loss averaged over all ranks."""
+
     def __init__(self, loss_net, optimizer, reducer=None, clip_grad=None, scaler=None):
         super().__init__(optimizer, reducer, clip_grad, scaler)
         self.loss_net = ScaledLoss(loss_net, scaler) if scaler is not None else loss_net
         self.grad_fn = ops.value_and_grad(self.loss_net, None, optimizer.parameters)
+        self.loss_mean = LossMean(reducer is not None)
 
     def construct(self, images, aux, lr):
         loss, grads = self.grad_fn(images, aux)
         if self.use_scaler:
             loss = self.scaler.unscale(loss)
         finite = self.update(grads, lr)
-        return ops.depend(loss, finite)
+        return ops.depend(self.loss_mean(loss), finite)
+
+
+class LossMean(nn.Cell):
+    """The mean of a scalar over all ranks (identity in a single process)."""
+
+    def __init__(self, distributed: bool):
+        super().__init__()
+        self.distributed = distributed
+        if distributed:
+            from mindspore.communication import get_group_size
+
+            self.all_reduce = ops.AllReduce()
+            self.inverse = 1.0 / get_group_size()
+
+    def construct(self, value):
+        if self.distributed:
+            return self.all_reduce(value) * self.inverse
+        return value
 
 
 class AccumulateStep(nn.Cell):
     """Adds one micro-batch's gradients to the accumulators."""
 
-    def __init__(self, loss_net, optimizer, accumulators, scaler=None):
+    def __init__(self, loss_net, optimizer, accumulators, scaler=None, distributed=False):
         super().__init__()
+        self.loss_mean = LossMean(distributed)
         self.loss_net = ScaledLoss(loss_net, scaler) if scaler is not None else loss_net
         self.scaler = scaler
         self.use_scaler = scaler is not None
@@ -106,7 +128,7 @@ class AccumulateStep(nn.Cell):
         if self.use_scaler:
             loss = self.scaler.unscale(loss)
         done = self.hyper_map(ops.assign_add, self.accumulators, grads)
-        return ops.depend(loss, done)
+        return ops.depend(self.loss_mean(loss), done)
 
 
 class ApplyStep(_Update):

@@ -334,7 +334,7 @@ def train(cfg: dict, finetune: bool = False) -> dict:
         step_fn = TrainStep(loss_net, optimizer, reducer, tcfg["clip_grad"], scaler)
     else:
         sums = accumulators_for(optimizer.parameters)
-        accumulate = AccumulateStep(loss_net, optimizer, sums, scaler)
+        accumulate = AccumulateStep(loss_net, optimizer, sums, scaler, reducer is not None)
         apply = ApplyStep(optimizer, sums, accum, reducer, tcfg["clip_grad"], scaler)
     model.set_train(True)
 
