@@ -154,3 +154,34 @@ def test_learning_rate_schedule():
     assert learning_rate(4.0, 1.0, 0.1, 4, 10) == pytest.approx(1.0)
     assert learning_rate(7.0, 1.0, 0.1, 4, 10) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)))
     assert learning_rate(10.0, 1.0, 0.1, 4, 10) == pytest.approx(0.1)
+
+
+def test_shipped_recipes_load_and_match_the_reference():
+    from maeconv.runtimes.ascend.config import config_dir, load_config
+    from maeconv.runtimes.ascend.optim import scaled_lr
+
+    recipes = {p.name: load_config(p) for p in sorted(config_dir().glob("*.yaml"))}
+    assert any("tiny" in name for name in recipes)
+    base = recipes["mae_vit_base_patch16_800ep.yaml"]
+    effective = base["train"]["batch_size"] * 8 * base["train"]["accum_iter"]  # on 8 devices
+    assert effective == 4096 and base["train"]["epochs"] == 800 and base["train"]["warmup_epochs"] == 40
+    assert scaled_lr(base["train"]["blr"], effective) == pytest.approx(2.4e-3)
+    assert base["model"]["norm_pix_loss"] and base["train"]["betas"] == [0.9, 0.95]
+    for size, layer_decay, drop_path, epochs in (("base", 0.65, 0.1, 100), ("large", 0.75, 0.2, 50),
+                                                 ("huge", 0.75, 0.3, 50)):
+        name = next(n for n in recipes if n.startswith(f"vit_{size}") and "finetune" in n)
+        recipe = recipes[name]
+        assert (recipe["train"]["layer_decay"], recipe["model"]["drop_path_rate"], recipe["train"]["epochs"]) == \
+            (layer_decay, drop_path, epochs)
+        assert recipe["train"]["batch_size"] * 8 * recipe["train"]["accum_iter"] == 1024
+
+
+def test_command_line_overrides():
+    from maeconv.runtimes.ascend.config import ConfigError, load_config
+
+    cfg = load_config(None, ["--train.epochs", "2", "--train.lr=2e-3", "--train.clip_grad", "null",
+                             "--train.betas", "[0.9, 0.99]", "--model.preset", "mae_vit_tiny_patch8"])
+    assert cfg["train"]["epochs"] == 2 and cfg["train"]["lr"] == 2e-3 and cfg["train"]["betas"] == [0.9, 0.99]
+    assert cfg["model"]["preset"] == "mae_vit_tiny_patch8"
+    with pytest.raises(ConfigError, match="train.epoch"):
+        load_config(None, ["--train.epoch", "2"])
