@@ -185,3 +185,54 @@ def test_command_line_overrides():
     assert cfg["model"]["preset"] == "mae_vit_tiny_patch8"
     with pytest.raises(ConfigError, match="train.epoch"):
         load_config(None, ["--train.epoch", "2"])
+
+
+def _tiny_step_setup(state, config):
+    from maeconv.runtimes.ascend.optim import AdamW
+
+    model = create_model(config, PRETRAIN, "mindspore")
+    load_state(model, state, "mindspore")
+    model.set_train(True)
+    params = model.trainable_params()
+    names = {id(p): n for n, p in model.parameters_and_names()}
+    optimizer = AdamW(params, parameter_groups([(names[id(p)], tuple(p.shape)) for p in params], 0.05), (0.9, 0.95))
+    return model, optimizer
+
+
+@pytest.mark.parametrize("variant", ["accumulation", "loss_scale"])
+def test_accumulation_and_loss_scaling_give_the_plain_step(variant):
+    """Two accumulated half batches, or a dynamically scaled loss, update the weights as one plain step."""
+    import mindspore as ms
+
+    from maeconv.runtimes.ascend.steps import AccumulateStep, ApplyStep, PretrainLoss, TrainStep, accumulators_for
+
+    set_mindspore_mode("graph")
+    config = get_config(TINY)
+    state = seeded_state(TINY)
+    images, noise = parity_inputs(config, batch=4, seed=7)
+    lr = ms.Tensor(np.float32(1e-3))
+    results = []
+    for kind in ("plain", variant):
+        model, optimizer = _tiny_step_setup(state, config)
+        if kind == "accumulation":
+            sums = accumulators_for(optimizer.parameters)
+            accumulate = AccumulateStep(PretrainLoss(model), optimizer, sums)
+            apply = ApplyStep(optimizer, sums, 2)
+        else:
+            scaler = ms.amp.DynamicLossScaler(2.0 ** 16, 2, 1000) if kind == "loss_scale" else None
+            step = TrainStep(PretrainLoss(model), optimizer, scaler=scaler)
+        for _ in range(2):
+            if kind == "accumulation":
+                halves = [float(accumulate(ms.Tensor(images[i:i + 2]), ms.Tensor(noise[i:i + 2])).asnumpy())
+                          for i in (0, 2)]
+                apply(lr)
+                loss = ms.Tensor(np.float32(np.mean(halves)))
+            else:
+                loss = step(ms.Tensor(images), ms.Tensor(noise), lr)
+        results.append((float(loss.asnumpy()), model_state(model, "mindspore")))
+    (plain_loss, plain), (loss, other) = results
+    assert loss == pytest.approx(plain_loss, rel=1e-5)
+    rows = compare(variant, without_key_bias(other), without_key_bias(plain),
+                   dict.fromkeys(without_key_bias(plain), TOLERANCE))
+    assert all(r.passed for r in rows), [(r.output, r.max_rel) for r in rows if not r.passed]
+    assert max(np.abs(plain[k] - state[k]).max() for k in plain) > 1e-4  # the step did something

@@ -52,7 +52,7 @@ DEFAULTS: dict = {
         "layer_decay": None,     # fine-tuning: 0.65 (B), 0.75 (L, H)
         "max_steps": None,       # stop after this many optimizer steps (smoke runs)
         "precision": "fp32",     # fp32, or fp16 / bf16 mixed precision where the device has it
-        "loss_scale": "dynamic", # with fp16/bf16: dynamic or a fixed number
+        "loss_scale": "auto",    # auto (dynamic with fp16/bf16, none with fp32), dynamic, none, or a number
         "eval_each_epoch": False,
     },
     "finetune": {

@@ -57,7 +57,10 @@ def setup_runtime(cfg: dict) -> Runtime:
 
     device = cfg["device_target"]
     ms.set_context(mode=ms.GRAPH_MODE if cfg["mode"] == "graph" else ms.PYNATIVE_MODE)
-    ms.set_device(device)
+    if device == "CPU" or "DEVICE_ID" not in os.environ:
+        ms.set_device(device)
+    else:  # the rank-table route names each process's device
+        ms.set_device(device, int(os.environ["DEVICE_ID"]))
     runtime = Runtime(device=device)
     if launched_by_msrun():
         from mindspore.communication import get_group_size, get_rank, init
@@ -475,8 +478,8 @@ def _loss_scaler(cfg: dict):
     import mindspore as ms
 
     setting = cfg["train"]["loss_scale"]
-    if cfg["train"]["precision"] == "fp32" and setting == "dynamic":
-        return None
+    if setting == "auto":  # dynamic where half precision needs it
+        setting = None if cfg["train"]["precision"] == "fp32" else "dynamic"
     if setting in (None, "none"):
         return None
     if setting == "dynamic":
