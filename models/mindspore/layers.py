@@ -65,10 +65,14 @@ class Attention(nn.Cell):
 
     def construct(self, x: Tensor) -> Tensor:
         batch, tokens, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
-        qkv = qkv.transpose(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = ops.softmax(ops.matmul(q * self.scale, k.swapaxes(-2, -1)), axis=-1)
+        heads = (batch, tokens, self.num_heads, dim // self.num_heads)
+        # Split q | k | v along features and lay k out as (.., head_dim, tokens) in one transpose:
+        # on CPU this is much cheaper than slicing a 5-D transposed qkv tensor.
+        q, k, v = ops.split(self.qkv(x), dim, axis=-1)
+        q = q.reshape(heads).transpose(0, 2, 1, 3)
+        k = k.reshape(heads).transpose(0, 2, 3, 1)
+        v = v.reshape(heads).transpose(0, 2, 1, 3)
+        attn = ops.softmax(ops.matmul(q * self.scale, k), axis=-1)
         x = ops.matmul(attn, v)
         return self.proj(x.swapaxes(1, 2).reshape(batch, tokens, dim))
 

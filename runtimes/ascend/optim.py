@@ -81,14 +81,22 @@ class AdamW(nn.Cell):
         self.lr_scales = tuple(Tensor(np.float32(g.lr_scale)) for g in groups)
         self.beta1, self.beta2, self.eps = float(betas[0]), float(betas[1]), float(eps)
         self.hyper_map = ops.HyperMap()
+        self.adam = ops.AdamWeightDecay()
 
     def construct(self, grads, lr):
         step = self.step + 1
         ops.assign(self.step, step)
-        t = step.astype(ms.float32)
+        t = step.reshape(()).astype(ms.float32)
         correction1 = 1.0 - ops.pow(self.beta1, t)
         correction2_sqrt = ops.sqrt(1.0 - ops.pow(self.beta2, t))
-        update = ops.partial(_adamw_update, self.beta1, self.beta2, self.eps, lr, correction1, correction2_sqrt)
+        # MindSpore's fused AdamWeightDecay kernel has no bias correction; folding it into the
+        # step size, epsilon and decay gives torch's update exactly:
+        #   p - lr*wd*p - lr/c1 * m / (sqrt(v)/sqrt(c2) + eps)
+        # = p - lr' * (m / (sqrt(v) + eps*sqrt(c2)) + wd' * p),  lr' = lr*sqrt(c2)/c1,  wd' = wd*c1/sqrt(c2)
+        step_size = lr * correction2_sqrt / correction1
+        eps = self.eps * correction2_sqrt
+        decay_factor = correction1 / correction2_sqrt
+        update = ops.partial(_fused_update, self.adam, self.beta1, self.beta2, step_size, eps, decay_factor)
         return self.hyper_map(update, self.parameters, self.moments1, self.moments2, grads,
                               self.weight_decays, self.lr_scales)
 
@@ -97,13 +105,5 @@ class AdamW(nn.Cell):
         return dict(zip(self.state_names, (*self.moments1, *self.moments2, self.step)))
 
 
-def _adamw_update(beta1, beta2, eps, lr, correction1, correction2_sqrt, param, m, v, grad, weight_decay, lr_scale):
-    lr = lr * lr_scale
-    param_new = param * (1.0 - lr * weight_decay)
-    m_new = beta1 * m + (1.0 - beta1) * grad
-    v_new = beta2 * v + (1.0 - beta2) * grad * grad
-    denom = ops.sqrt(v_new) / correction2_sqrt + eps
-    param_new = param_new - (lr / correction1) * m_new / denom
-    ops.assign(m, m_new)
-    ops.assign(v, v_new)
-    return ops.assign(param, param_new)
+def _fused_update(adam, beta1, beta2, step_size, eps, decay_factor, param, m, v, grad, weight_decay, lr_scale):
+    return adam(param, m, v, step_size * lr_scale, beta1, beta2, eps, weight_decay * decay_factor, grad)
