@@ -233,3 +233,12 @@ def test_a_dying_worker_fails_the_whole_run(pretrained, tmp_path):
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def test_maeconv_train_is_the_same_entry_point(tmp_path):
+    shown = subprocess.run([str(BIN / "maeconv"), "train", "--help"], env=env(), capture_output=True, text=True)
+    assert shown.returncode == 0 and "--run_mode" in shown.stdout and "--train.epochs" in shown.stdout
+    typo = subprocess.run([str(BIN / "maeconv"), "train", "--config", str(TINY_CONFIG), "--train.epoch", "2"],
+                          env=env(), capture_output=True, text=True, cwd=tmp_path)
+    assert typo.returncode == 1 and "unknown config key 'train.epoch'" in typo.stderr
+    assert not (tmp_path / "output").exists() and not (tmp_path / "data").exists()

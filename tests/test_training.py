@@ -236,3 +236,34 @@ def test_accumulation_and_loss_scaling_give_the_plain_step(variant):
                    dict.fromkeys(without_key_bias(plain), TOLERANCE))
     assert all(r.passed for r in rows), [(r.output, r.max_rel) for r in rows if not r.passed]
     assert max(np.abs(plain[k] - state[k]).max() for k in plain) > 1e-4  # the step did something
+
+
+@pytest.mark.parametrize("framework", ["torch", "mindspore"])
+def test_drop_path_is_stochastic_in_training_only(framework):
+    from maeconv.models.config import checkpoint_shapes, drop_path_rates
+
+    config = get_config(TINY_CLS, drop_path_rate=0.5)
+    assert drop_path_rates(config) == [0.0, 0.5]  # linear over the blocks, as timm
+    state = seeded_state(TINY_CLS)
+    images, _ = parity_inputs(config, batch=4, seed=3)
+    dropping, plain = create_model(config, CLASSIFY, framework), create_model(get_config(TINY_CLS), CLASSIFY, framework)
+    load_state(dropping, state, framework)  # the same names: drop-path holds no parameters
+    load_state(plain, state, framework)
+    assert set(model_state(dropping, framework)) == set(checkpoint_shapes(config, "classifier"))
+    if framework == "torch":
+        def run(model, train):
+            model.train(train)
+            with torch.no_grad():
+                return model(torch.from_numpy(images)).numpy()
+    else:
+        import mindspore as ms
+
+        set_mindspore_mode("pynative")
+
+        def run(model, train):
+            model.set_train(train)
+            return model(ms.Tensor(images)).asnumpy()
+    first, second = run(dropping, True), run(dropping, True)
+    assert np.abs(first - second).max() > 1e-4
+    np.testing.assert_allclose(run(dropping, False), run(plain, False), rtol=0, atol=0)
+    set_mindspore_mode("graph")
