@@ -13,6 +13,20 @@ os.environ.setdefault("GLOG_v", "3")
 import numpy as np  # noqa: E402
 
 
+def timed(step, steps):
+    """First call (wall s), then the median wall and process-CPU seconds of `steps` more."""
+    start = time.perf_counter()
+    step()
+    first = time.perf_counter() - start
+    walls, cpus = [], []
+    for _ in range(steps):
+        start, cpu = time.perf_counter(), time.process_time()
+        step()
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
+    return first, float(np.median(walls)), float(np.median(cpus))
+
+
 def bench_torch(config, images, noise, steps):
     import torch
 
@@ -31,15 +45,7 @@ def bench_torch(config, images, noise, steps):
         optimizer.step()
         return loss.item()
 
-    start = time.perf_counter()
-    step()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return first, float(np.median(times))
+    return timed(step, steps)
 
 
 def bench_mindspore(config, images, noise, steps):
@@ -59,15 +65,7 @@ def bench_mindspore(config, images, noise, steps):
     groups = parameter_groups([(names[id(p)], tuple(p.shape)) for p in params], 0.05)
     step_fn = TrainStep(PretrainLoss(model), AdamW(params, groups, (0.9, 0.95)))
     x, n, lr = ms.Tensor(images), ms.Tensor(noise), ms.Tensor(np.float32(1e-4))
-    start = time.perf_counter()
-    step_fn(x, n, lr).asnumpy()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step_fn(x, n, lr).asnumpy()
-        times.append(time.perf_counter() - start)
-    return first, float(np.median(times))
+    return timed(lambda: step_fn(x, n, lr).asnumpy(), steps)
 
 
 def main():
@@ -84,17 +82,22 @@ def main():
     print(f"MAE pretraining step, {args.preset}, batch {args.batch}, {config.img_size}px, fp32, "
           f"{os.cpu_count()} CPU threads, median of {args.steps} steps after the first")
     # torch, MindSpore, torch again: other load on a shared machine shows as a gap between the torch runs
-    torch_first, torch_step = bench_torch(config, images, noise, args.steps)
-    ms_first, ms_step = bench_mindspore(config, images, noise, args.steps)
-    _, torch_again = bench_torch(config, images, noise, args.steps)
-    print(f"torch step, before and after the MindSpore run: {torch_step:.2f} s, {torch_again:.2f} s")
-    torch_step = min(torch_step, torch_again)
-    rows = [("torch twin (eager) + torch.optim.AdamW", torch_first, torch_step),
-            ("MindSpore graph mode + maeconv AdamW", ms_first, ms_step)]
-    print(f"\n{'run':<42} {'first step s':>13} {'step s':>8} {'samples/s':>10} {'vs torch':>9}")
-    for name, first, step in rows:
-        print(f"{name:<42} {first:>13.2f} {step:>8.2f} {args.batch / step:>10.2f} {torch_step / step:>8.2f}x")
+    print(f"load average before: {os.getloadavg()[0]:.2f}")
+    torch_first, torch_step, torch_cpu = bench_torch(config, images, noise, args.steps)
+    ms_first, ms_step, ms_cpu = bench_mindspore(config, images, noise, args.steps)
+    _, torch_again, torch_cpu_again = bench_torch(config, images, noise, args.steps)
+    print(f"torch step, before and after the MindSpore run: {torch_step:.2f} s, {torch_again:.2f} s; "
+          f"load average after: {os.getloadavg()[0]:.2f}")
+    if torch_again < torch_step:
+        torch_step, torch_cpu = torch_again, torch_cpu_again
+    rows = [("torch twin (eager) + torch.optim.AdamW", torch_first, torch_step, torch_cpu),
+            ("MindSpore graph mode + maeconv AdamW", ms_first, ms_step, ms_cpu)]
+    print(f"\n{'run':<42} {'first step s':>13} {'step s':>8} {'CPU s':>7} {'samples/s':>10} {'vs torch':>9}")
+    for name, first, step, cpu in rows:
+        print(f"{name:<42} {first:>13.2f} {step:>8.2f} {cpu:>7.2f} {args.batch / step:>10.2f} "
+              f"{torch_step / step:>8.2f}x")
     print(f"\nMindSpore compile (first step minus a step): {ms_first - ms_step:.1f} s")
+    print("CPU s: process CPU time per step (all threads); busy-waiting threads count too.")
     return 0
 
 
