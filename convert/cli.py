@@ -334,6 +334,16 @@ def demo(workdir, preset, as_json):
         sys.exit(1)
 
 
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+             add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def train(args):
+    """MindSpore pretraining, fine-tuning, eval, pictures: runtimes/ascend/train.py's options (--help)."""
+    from ..runtimes.ascend.trainer import main as train_main
+
+    sys.exit(train_main(list(args)))
+
+
 def main():
     cli(prog_name="maeconv")
 

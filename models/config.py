@@ -28,6 +28,8 @@ class MAEConfig:
     mask_ratio: float = 0.75
     num_classes: int = 1000
     global_pool: bool = True
+    # Stochastic depth of the encoder blocks, rising linearly to this rate (fine-tuning only).
+    drop_path_rate: float = 0.0
 
     @property
     def grid_size(self) -> int:
@@ -47,6 +49,13 @@ class MAEConfig:
 
     def replace(self, **changes) -> "MAEConfig":
         return dataclasses.replace(self, **changes)
+
+
+def drop_path_rates(cfg: MAEConfig) -> list[float]:
+    """Per encoder block, rising linearly from 0 to `drop_path_rate` (timm's stochastic-depth rule)."""
+    if cfg.depth == 1:
+        return [0.0]
+    return [cfg.drop_path_rate * i / (cfg.depth - 1) for i in range(cfg.depth)]
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, Uniform, XavierUniform, initializer
 
+from ..config import drop_path_rates
 from ..pos_embed import sincos_2d
 
 
@@ -64,10 +65,14 @@ class Attention(nn.Cell):
 
     def construct(self, x: Tensor) -> Tensor:
         batch, tokens, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
-        qkv = qkv.transpose(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = ops.softmax(ops.matmul(q * self.scale, k.swapaxes(-2, -1)), axis=-1)
+        heads = (batch, tokens, self.num_heads, dim // self.num_heads)
+        # Split q | k | v along features and lay k out as (.., head_dim, tokens) in one transpose:
+        # on CPU this is much cheaper than slicing a 5-D transposed qkv tensor.
+        q, k, v = ops.split(self.qkv(x), dim, axis=-1)
+        q = q.reshape(heads).transpose(0, 2, 1, 3)
+        k = k.reshape(heads).transpose(0, 2, 3, 1)
+        v = v.reshape(heads).transpose(0, 2, 1, 3)
+        attn = ops.softmax(ops.matmul(q * self.scale, k), axis=-1)
         x = ops.matmul(attn, v)
         return self.proj(x.swapaxes(1, 2).reshape(batch, tokens, dim))
 
@@ -87,19 +92,35 @@ def layer_norm(dim: int, eps: float) -> nn.LayerNorm:
     return nn.LayerNorm((dim,), epsilon=eps)  # MindSpore's default epsilon is 1e-7
 
 
+class DropPath(nn.Cell):
+    """Stochastic depth: drops a residual branch for whole samples while training (timm's drop_path)."""
+
+    def __init__(self, rate: float = 0.0):
+        super().__init__()
+        self.rate = rate
+
+    def construct(self, x: Tensor) -> Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.rate
+        kept = ops.floor(keep + ops.rand((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype))
+        return x * kept / keep
+
+
 class Block(nn.Cell):
     """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float, drop_path: float = 0.0):
         super().__init__()
         self.norm1 = layer_norm(dim, eps)
         self.attn = Attention(dim, num_heads)
+        self.drop_path = DropPath(drop_path)
         self.norm2 = layer_norm(dim, eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def construct(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 def frozen_table(table: np.ndarray) -> Parameter:
@@ -117,4 +138,4 @@ def build_encoder(model: nn.Cell, cfg) -> None:
     model.cls_token = token(cfg.embed_dim)
     model.pos_embed = frozen_table(sincos_2d(cfg.embed_dim, cfg.grid_size))
     model.blocks = nn.CellList(
-        [Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps) for _ in range(cfg.depth)])
+        [Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps, rate) for rate in drop_path_rates(cfg)])
