@@ -128,7 +128,7 @@ def load_initial_weights(model, path: str, task: str, runtime: Runtime) -> None:
     own = apply_from_canonical(MINDSPORE.plan_from_canonical(usable), usable)
     for name, param in model.parameters_and_names():
         if name in own:
-            param.set_data(ms.Tensor(np.ascontiguousarray(own[name], np.float32)))
+            param.set_data(ms.Tensor(np.ascontiguousarray(own[name].load(), np.float32)))
     # The reference re-initialises the head with a tiny truncated normal before fine-tuning.
     model.head.weight.set_data(initializer(TruncatedNormal(sigma=2e-5), model.head.weight.shape, ms.float32))
     unused = len(loaded.state) - len(usable)
