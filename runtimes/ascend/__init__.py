@@ -1,0 +1,1 @@
+"""MindSpore runtimes: MindIR export of the MindSpore twin for Ascend serving, and its runner."""
