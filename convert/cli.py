@@ -304,7 +304,7 @@ def export_mindir(checkpoint, out, task, as_json, **options):
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--runtime", type=click.Choice(["torch", "mindspore", "onnx", "mindir"]), default=None,
               help="Default: onnx for .onnx, mindir for .mindir, torch for a checkpoint.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("."),
               help="Directory for the pictures (default: the working directory).")
 @click.option("--noise", type=click.Path(dir_okay=False, path_type=Path),
               help="(N, L) or (L,) .npy; the smallest values are the kept patches.")

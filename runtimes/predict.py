@@ -1,6 +1,7 @@
 """`maeconv predict`: images through any runtime; reconstruction pictures or top-5 classes."""
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -8,7 +9,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..convert.checkpoints import MINDSPORE, TORCH, atomic_output, check_writable
+from ..convert.checkpoints import check_writable
 from ..convert.errors import MaeconvError
 from ..models.config import CLASSIFIER, CLASSIFY, ENCODER, PRETRAIN
 from .images import load_image, reconstruction_picture, save_png
@@ -81,7 +82,8 @@ def predict(model: str | os.PathLike, images: Sequence[str | os.PathLike], runti
         raise MaeconvError(f"{model}: no images given")
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
-        raise MaeconvError(f"{out_dir}: output directory does not exist")
+        raise MaeconvError(f"{out_dir}: " + ("is not a directory" if out_dir.exists() else
+                                             "output directory does not exist"))
     runner = open_runner(model, runtime, norm_pix_loss)
     task, config = runner.info.task, runner.info.config
     result = Prediction(task.name, runner.name)
@@ -125,13 +127,29 @@ def predict(model: str | os.PathLike, images: Sequence[str | os.PathLike], runti
                                     "raw-pixel model: predictions are shown as they are (--norm-pix-loss for "
                                     "*_full.pth checkpoints)"))
     log(result.notes[-1])
-    for i, path in enumerate(outputs):
-        picture = reconstruction_picture(batch[i], pred[i], mask[i], config, norm_pix)
-        with atomic_output(path, force, ".png") as tmp:
-            save_png(picture, tmp)
-        result.written.append(path)
+    pictures = [reconstruction_picture(batch[i], pred[i], mask[i], config, norm_pix) for i in range(len(batch))]
+    write_all(dict(zip(outputs, pictures)))
+    result.written = outputs
+    for path in outputs:
         log(f"wrote {path}")
     return result
+
+
+def write_all(pictures: dict[Path, np.ndarray]) -> None:
+    """Every picture to a temporary file first; the names appear only once all are written."""
+    staged = {path: path.with_name(f".{path.name}.partial-{os.getpid()}.png") for path in pictures}
+    current = None
+    try:
+        for current, tmp in staged.items():
+            save_png(pictures[current], tmp)
+        for current, tmp in staged.items():
+            os.replace(tmp, current)
+    except OSError as error:
+        raise MaeconvError(f"{current}: cannot write ({error.strerror or error})") from None
+    finally:
+        for tmp in staged.values():
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
 
 def read_labels(path: str | os.PathLike | None) -> list[str] | None:
