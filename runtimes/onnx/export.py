@@ -80,9 +80,14 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, per_channel: b
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # 'run pre-processing' hint
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-                     op_types_to_quantize=list(QUANTIZED_OPS), extra_options={"MatMulConstBOnly": True})
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs a 'consider pre-processing' hint on every call
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
+                         op_types_to_quantize=list(QUANTIZED_OPS), extra_options={"MatMulConstBOnly": True})
+    finally:
+        root.setLevel(level)
     model = onnx.load(str(dst))
     props = {p.key: p.value for p in model.metadata_props}
     props["maeconv.precision"] = INT8
