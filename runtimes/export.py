@@ -56,6 +56,8 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str, task
         raise MaeconvError(f"{out}: unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if fmt == MINDIR and out.suffix != ".mindir":
         raise MaeconvError(f"{out}: a MindIR file name must end in .mindir (MindSpore appends it otherwise)")
+    if Path(checkpoint).resolve() == out.resolve():
+        raise MaeconvError(f"{out}: output would overwrite the input")
     check_writable(out, force)
     task = get_task(task_name)
     if quantize and fmt != ONNX:
@@ -63,8 +65,6 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str, task
     if quantize and task.name == PRETRAIN:
         raise MaeconvError(f"{out}: --quantize int8 is offered for the features and classify tasks "
                            "(reconstructions are pictures: export them in fp32)")
-    if quantize and Path(checkpoint).resolve() == out.resolve():
-        raise MaeconvError(f"{out}: output would overwrite the input")
 
     loaded = load_canonical(checkpoint)
     detected = loaded.detected
