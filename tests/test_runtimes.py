@@ -325,3 +325,31 @@ def test_predict_writes_all_pictures_or_none(files, tmp_path, monkeypatch):
     monkeypatch.setattr(predict_module, "save_png", failing_save)
     _fails_cleanly(tmp_path, ["predict", paths["full"], *images, "--out", tmp_path], "second_mae.png",
                    "No space left")
+
+
+def test_predict_classifier_through_exported_graphs_matches_the_checkpoint(files, exported, tmp_path):
+    _, paths, _ = files
+    image = write_image(tmp_path / "dog.png", (40, 36), 4)
+    ranked = {}
+    for model in (paths["classifier"], exported["onnx", "classify"][0], exported["mindir", "classify"][0]):
+        result = run("predict", model, image, "--json")
+        assert result.exit_code == 0, result.output
+        ranked[model.suffix] = [k for k, _ in json.loads(result.stdout)["top5"][0]]
+    assert ranked[".onnx"] == ranked[".pth"] == ranked[".mindir"]
+
+
+def test_base_encoder_exports_to_onnx_within_tolerance_of_the_reference(tmp_path, base_state):
+    """ViT-B, the size people deploy: the exported features graph against the float64 reference."""
+    from maeconv.models.config import ENCODER, checkpoint_shapes
+
+    config = get_config("mae_vit_base_patch16")
+    encoder = {k: v for k, v in base_state.items() if k in checkpoint_shapes(config, ENCODER)}
+    path = save_official(tmp_path / "mae_pretrain_vit_base.pth", encoder)
+    result = run("export", "onnx", path, tmp_path / "base.onnx", "--task", "features", "--json")
+    assert result.exit_code == 0, result.output
+    assert all(row["max_abs"] <= 1e-4 for row in json.loads(result.stdout)["rows"])
+    inputs = random_inputs(TASKS["features"], config, 1, np.random.default_rng(6))
+    actual = open_graph(tmp_path / "base.onnx", "onnx")(inputs)
+    rows = compare("onnx", actual, reference.features_forward(inputs["images"], encoder, config),
+                   {"tokens": Tolerance(ABS, 1e-4), "pooled": Tolerance(ABS, 1e-4)})
+    assert all(row.passed for row in rows), rows
