@@ -75,10 +75,7 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str, task
         recorded = norm_pix_of(loaded)
         norm_pix = norm_pix_loss if norm_pix_loss is not None else bool(recorded)
         config = config.replace(norm_pix_loss=norm_pix)
-        notes.append(f"loss target: {'normalised pixels (norm_pix_loss)' if norm_pix else 'raw pixels'}"
-                     + (" as the checkpoint's args record" if norm_pix_loss is None and recorded is not None
-                        else "" if norm_pix_loss is not None else " (no args in the checkpoint; "
-                        "pass --norm-pix-loss for *_full.pth files)"))
+        notes.append(_loss_target_note(norm_pix, norm_pix_loss, recorded))
     from .runners import twin_runner
 
     log(f"building the {SOURCE_TWIN[fmt]} twin ({detected.preset}, {detected.kind}) for task {task.name}")
@@ -108,6 +105,15 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str, task
                                    "nothing written (--keep-invalid keeps the file)", report)
     report.notes += notes
     return Exported(out, fmt, task.name, detected.preset, detected.kind, precision, report, notes)
+
+
+def _loss_target_note(norm_pix: bool, requested: bool | None, recorded: bool | None) -> str:
+    target = "normalised pixels (norm_pix_loss)" if norm_pix else "raw pixels"
+    if requested is not None:
+        return f"loss target: {target}, as requested"
+    if recorded is not None:
+        return f"loss target: {target}, as the checkpoint's args record"
+    return f"loss target: {target} (the checkpoint records no args; --norm-pix-loss for *_full.pth files)"
 
 
 def _write_onnx(source, tmp: Path, info, quantize, optimize, notes, log):

@@ -5,8 +5,8 @@
 Runtimes: torch eager, onnxruntime fp32 (plain and with the transformer optimizer's fusions),
 onnxruntime int8 (dynamic), MindSpore graph mode, MindIR GraphCell. Calls are interleaved
 round-robin and the median per runtime is reported, so load from other processes hits every
-runtime alike; onnxruntime's pool threads do not spin between calls, so one session's idle
-threads do not slow the next runtime down. Weights are seeded random (real ones cannot be downloaded here); top-1 agreement
+runtime alike; onnxruntime's pool threads do not spin between calls and every timed call
+follows a rest (--settle), so one runtime's idle worker threads do not slow the next one down. Weights are seeded random (real ones cannot be downloaded here); top-1 agreement
 of int8 is measured on the fine-tuned ViT-B classifier over `--images` inputs.
 Goals: onnxruntime fp32 >= 1.5x torch eager at batch 8; int8 >= 2.5x with top-1 agreement >= 99%.
 """
@@ -77,6 +77,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64, help="classifier inputs for top-1 agreement")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: one per core)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--settle", type=float, default=1.0,
+                        help="seconds of rest before each timed call, so the previous runtime's worker threads "
+                             "have gone idle")
     args = parser.parse_args()
 
     import torch
@@ -111,6 +114,7 @@ def main() -> None:
             for rep in range(args.reps):
                 log(f"batch {batch_size}: round {rep + 1} of {args.reps}")
                 for name, runner in runners.items():
+                    time.sleep(args.settle)
                     seconds[name].append(timed(runner, batch))
             for name, values in seconds.items():
                 speeds[name, batch_size] = batch_size / statistics.median(values)
@@ -136,7 +140,7 @@ def main() -> None:
 
     print(f"ViT-B encoder, task features, 224x224, fp32 weights seeded random; {os.cpu_count()} CPU cores; "
           f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, mindspore {mindspore.__version__}; "
-          f"median of {args.reps} interleaved calls\n")
+          f"median of {args.reps} interleaved calls, {args.settle:g} s rest before each\n")
     header = ["runtime"] + [f"{label} batch {b}" for b in args.batches for label in ("img/s", "x torch")]
     rows = []
     for name in runners:
