@@ -6,8 +6,9 @@ Runtimes: torch eager, onnxruntime fp32 (plain and with the transformer optimize
 onnxruntime int8 (dynamic), MindSpore graph mode, MindIR GraphCell. Calls are interleaved
 round-robin and the median per runtime is reported, so load from other processes hits every
 runtime alike; onnxruntime's pool threads do not spin between calls and every timed call
-follows a rest (--settle), so one runtime's idle worker threads do not slow the next one down. Weights are seeded random (real ones cannot be downloaded here); top-1 agreement
-of int8 is measured on the fine-tuned ViT-B classifier over `--images` inputs.
+follows a rest (--settle), so one runtime's idle worker threads do not slow the next one
+down. Weights are seeded random (real ones cannot be downloaded here); top-1 agreement of int8
+is measured on the fine-tuned ViT-B classifier over `--images` inputs.
 Goals: onnxruntime fp32 >= 1.5x torch eager at batch 8; int8 >= 2.5x with top-1 agreement >= 99%.
 """
 from __future__ import annotations
