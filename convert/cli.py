@@ -344,6 +344,115 @@ def train(args):
     sys.exit(train_main(list(args)))
 
 
+# --- export and predict: thin wrappers over maeconv.runtimes ---
+
+TASK_NAMES = ("pretrain", "features", "classify")
+
+
+def _export_options(fn):
+    options = [
+        click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path)),
+        click.argument("out", type=click.Path(dir_okay=False, path_type=Path)),
+        click.option("--task", required=True, type=click.Choice(TASK_NAMES),
+                     help="pretrain: (images, noise) -> loss, pred, mask; features: images -> tokens, pooled; "
+                          "classify: images -> logits."),
+        click.option("--atol", type=float, default=None,
+                     help="Validation tolerance per output (default 1e-4 ONNX, 1e-5 MindIR)."),
+        click.option("--norm-pix-loss/--no-norm-pix-loss", default=None,
+                     help="pretrain: loss target (default: what the checkpoint's args record, else raw pixels)."),
+        click.option("--seed", type=int, default=None, help="Seed of the validation inputs (default: fresh)."),
+        click.option("--keep-invalid", is_flag=True, help="Keep the file even if validation fails (exit 1)."),
+        click.option("--force", is_flag=True, help="Overwrite an existing output."),
+        click.option("--json", "as_json", is_flag=True, help="Print the validation report as JSON."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _export(fmt, checkpoint, out, task, as_json, **options):
+    from ..runtimes.export import ValidationFailed, export
+
+    start = time.perf_counter()
+    try:
+        done = export(checkpoint, out, fmt, task, log=say, **options)
+    except ValidationFailed as failed:
+        click.echo(failed.report.to_json() if as_json else failed.report.to_text())
+        raise
+    click.echo(done.report.to_json() if as_json else done.report.to_text())
+    if not done.report.passed:
+        raise MaeconvError(f"{out}: validation failed; file kept because of --keep-invalid")
+    say(f"wrote {done.path} ({done.preset}, {done.kind}, task {done.task}, {done.precision}, validated) "
+        f"in {time.perf_counter() - start:.1f} s")
+
+
+@cli.group("export")
+def export_group():
+    """Export a checkpoint to ONNX or MindIR for one task, validated against its source twin."""
+
+
+@export_group.command("onnx")
+@_export_options
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Dynamic int8 (features, classify); validated by cosine similarity and top-1 agreement.")
+@click.option("--optimize", is_flag=True,
+              help="Store the graph fused by onnxruntime's transformer optimizer (SkipLayerNorm, BiasGelu).")
+@click.option("--min-cosine", type=float, default=0.99, show_default=True, help="int8: lowest cosine similarity.")
+@click.option("--min-top1", type=float, default=0.75, show_default=True, help="int8: lowest top-1 agreement.")
+def export_onnx(checkpoint, out, task, as_json, **options):
+    """From the torch twin; opset 18, dynamic batch axis, run with onnxruntime."""
+    _export("onnx", checkpoint, out, task, as_json, **options)
+
+
+@export_group.command("mindir")
+@_export_options
+def export_mindir(checkpoint, out, task, as_json, **options):
+    """From the MindSpore twin; dynamic batch axis, loads with mindspore.load + nn.GraphCell."""
+    _export("mindir", checkpoint, out, task, as_json, **options)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--runtime", type=click.Choice(["torch", "mindspore", "onnx", "mindir"]), default=None,
+              help="Default: onnx for .onnx, mindir for .mindir, torch for a checkpoint.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("."),
+              help="Directory for the pictures (default: the working directory).")
+@click.option("--noise", type=click.Path(dir_okay=False, path_type=Path),
+              help="(N, L) or (L,) .npy; the smallest values are the kept patches.")
+@click.option("--seed", type=int, default=None, help="Seed of the mask noise (default: fresh, printed).")
+@click.option("--norm-pix-loss/--no-norm-pix-loss", default=None,
+              help="Whether the model predicts normalised patches (default: the checkpoint's args, else no).")
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), help="Class names, one per line.")
+@click.option("--force", is_flag=True, help="Overwrite existing pictures.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def predict(model, images, runtime, out_dir, noise, seed, norm_pix_loss, labels, force, as_json):
+    """Reconstruction pictures (original | masked | reconstruction | pasted) for a pretraining
+    model, or the top-5 classes for a classifier."""
+    import secrets
+
+    from ..runtimes.predict import predict as run_predict, read_labels
+
+    names = read_labels(labels)
+    noise_array = _load_array(noise, "--noise") if noise is not None else None
+    if noise_array is None and seed is None:
+        seed = secrets.randbelow(2**31)
+    done = run_predict(model, images, runtime, out_dir, noise_array, str(noise), seed, norm_pix_loss, force, say)
+    if as_json:
+        click.echo(json.dumps({"task": done.task, "runtime": done.runtime, "written": [str(p) for p in done.written],
+                               "top5": done.top5, "seed": seed if noise is None else None}))
+        return
+    if done.task == "classify":
+        for image, top in zip(images, done.top5):
+            ranked = ", ".join(f"{names[k] if names and k < len(names) else k} {p:.3f}" for k, p in top)
+            click.echo(f"{image}: {ranked}")
+        return
+    for path in done.written:
+        click.echo(f"wrote {path}")
+    if noise is None:
+        say(f"mask seed {seed} (--seed {seed} draws the same masks)")
+
+
 def main():
     cli(prog_name="maeconv")
 

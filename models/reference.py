@@ -142,14 +142,24 @@ def mae_forward(imgs: np.ndarray, sd: State, cfg: MAEConfig, noise: np.ndarray, 
     return {"loss": loss, "pred": pred, "mask": mask, "ids_restore": ids_restore, "latent": latent}
 
 
-def classifier_forward(imgs: np.ndarray, sd: State, cfg: MAEConfig) -> np.ndarray:
-    """Logits of the fine-tuned ViT in float64 (global pool + fc_norm, or cls token + norm)."""
+def features_forward(imgs: np.ndarray, sd: State, cfg: MAEConfig) -> dict:
+    """The unmasked encoder in float64: `tokens` (N, 1 + L, D) and the pooled embedding.
+
+    A global-pool classifier (with `fc_norm`) keeps its tokens un-normed and pools
+    fc_norm(mean of patch tokens); every other encoder norms its tokens and pools the cls token.
+    """
     imgs = np.asarray(imgs, np.float64)
     sd = {name: np.asarray(value, np.float64) for name, value in sd.items()}
     x = patch_embed(imgs, sd, cfg) + sd["pos_embed"][:, 1:, :]
     x = encoder_blocks(prepend_cls(x, sd), sd, cfg)
-    if cfg.global_pool:
+    if "fc_norm.weight" in sd:
         pooled = layer_norm(x[:, 1:, :].mean(1), sd["fc_norm.weight"], sd["fc_norm.bias"], cfg.norm_eps)
-    else:
-        pooled = layer_norm(x, sd["norm.weight"], sd["norm.bias"], cfg.norm_eps)[:, 0]
-    return linear(pooled, sd, "head")
+        return {"tokens": x, "pooled": pooled}
+    x = layer_norm(x, sd["norm.weight"], sd["norm.bias"], cfg.norm_eps)
+    return {"tokens": x, "pooled": x[:, 0]}
+
+
+def classifier_forward(imgs: np.ndarray, sd: State, cfg: MAEConfig) -> np.ndarray:
+    """Logits of the fine-tuned ViT in float64 (global pool + fc_norm, or cls token + norm)."""
+    pooled = features_forward(imgs, sd, cfg)["pooled"]
+    return linear(pooled, sd, "head")  # linear() computes in float64

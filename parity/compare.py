@@ -10,6 +10,10 @@ import numpy as np
 ABS = "abs"      # max |a - b| <= tolerance
 REL = "rel"      # max |a - b| / max |b| <= tolerance
 EXACT = "exact"  # identical values
+# Drift bounds for lossy runtimes (int8): lower bounds on agreement rather than error bounds.
+COSINE = "cosine"  # min over samples of cos(a, b) >= tolerance
+TOP1 = "top1"      # fraction of samples whose argmax agrees >= tolerance
+AGREEMENT = (COSINE, TOP1)
 
 
 @dataclass(frozen=True)
@@ -18,6 +22,8 @@ class Tolerance:
     value: float = 0.0
 
     def __str__(self) -> str:
+        if self.kind in AGREEMENT:
+            return f"{self.kind} >= {self.value:g}"
         return "identical" if self.kind == EXACT else f"{self.kind} {self.value:.0e}"
 
 
@@ -42,11 +48,27 @@ def errors(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
     return diff, diff / scale if scale else (0.0 if diff == 0 else float("inf"))
 
 
+def agreement(kind: str, actual: np.ndarray, expected: np.ndarray) -> float:
+    """Cosine similarity (the smallest over the samples of the leading axis) or top-1 agreement."""
+    actual = np.asarray(actual, np.float64).reshape(len(actual), -1)
+    expected = np.asarray(expected, np.float64).reshape(len(expected), -1)
+    if actual.shape != expected.shape:
+        return float("-inf")
+    if kind == TOP1:
+        return float(np.mean(actual.argmax(-1) == expected.argmax(-1)))
+    norms = np.linalg.norm(actual, axis=-1) * np.linalg.norm(expected, axis=-1)
+    return float(np.min((actual * expected).sum(-1) / np.maximum(norms, np.finfo(np.float64).tiny)))
+
+
 def compare(pair: str, actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray],
             tolerances: Mapping[str, Tolerance]) -> list[Row]:
     rows = []
     for output, tol in tolerances.items():
         max_abs, max_rel = errors(actual[output], expected[output])
+        if tol.kind in AGREEMENT:
+            measured = agreement(tol.kind, actual[output], expected[output])
+            rows.append(Row(pair, output, max_abs, max_rel, f"{tol} ({measured:.5f})", measured >= tol.value))
+            continue
         measured = {ABS: max_abs, REL: max_rel, EXACT: max_abs}[tol.kind]
         rows.append(Row(pair, output, max_abs, max_rel, str(tol), measured <= tol.value))
     return rows

@@ -72,6 +72,20 @@ class MaskedAutoencoderViT(nn.Cell):
             x = blk(x)
         return self.norm(x), mask, ids_restore
 
+    def forward_tokens(self, imgs: Tensor) -> Tensor:
+        """The encoder on every patch, no masking: (N, 1 + L, D) after the final norm."""
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
+        cls_tokens = ops.broadcast_to(self.cls_token + self.pos_embed[:, :1, :], (x.shape[0], 1, x.shape[2]))
+        x = ops.concat([cls_tokens, x], 1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+    def pool(self, tokens: Tensor) -> Tensor:
+        """The image embedding of a pretrained encoder: its normed cls token, as timm's
+        `vit_*.mae` models and MAE linear probing use it."""
+        return tokens[:, 0]
+
     def forward_decoder(self, x: Tensor, ids_restore: Tensor) -> Tensor:
         x = self.decoder_embed(x)
         n, tokens, dim = x.shape

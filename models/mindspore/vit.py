@@ -22,15 +22,26 @@ class VisionTransformer(nn.Cell):
             self.norm = layer_norm(cfg.embed_dim, cfg.norm_eps)
         self.head = linear(cfg.embed_dim, cfg.num_classes)
 
-    def forward_features(self, imgs: Tensor) -> Tensor:
+    def forward_tokens(self, imgs: Tensor) -> Tensor:
+        """(N, 1 + L, D) encoder tokens; normed only without global pooling (fc_norm normalises
+        the pooled vector instead), as timm's forward_features."""
         x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
         cls_tokens = ops.broadcast_to(self.cls_token + self.pos_embed[:, :1, :], (x.shape[0], 1, x.shape[2]))
         x = ops.concat([cls_tokens, x], 1)
         for blk in self.blocks:
             x = blk(x)
         if self.global_pool:
-            return self.fc_norm(x[:, 1:, :].mean(axis=1))
-        return self.norm(x)[:, 0]
+            return x
+        return self.norm(x)
+
+    def pool(self, tokens: Tensor) -> Tensor:
+        """The pre-logits embedding: fc_norm of the mean patch token, or the normed cls token."""
+        if self.global_pool:
+            return self.fc_norm(tokens[:, 1:, :].mean(axis=1))
+        return tokens[:, 0]
+
+    def forward_features(self, imgs: Tensor) -> Tensor:
+        return self.pool(self.forward_tokens(imgs))
 
     def construct(self, imgs: Tensor) -> Tensor:
         return self.head(self.forward_features(imgs))

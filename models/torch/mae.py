@@ -69,6 +69,20 @@ class MaskedAutoencoderViT(nn.Module):
             x = blk(x)
         return self.norm(x), mask, ids_restore
 
+    def forward_tokens(self, imgs: torch.Tensor) -> torch.Tensor:
+        """The encoder on every patch, no masking: (N, 1 + L, D) after the final norm."""
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
+        cls_tokens = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls_tokens, x], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The image embedding of a pretrained encoder: its normed cls token, as timm's
+        `vit_*.mae` models and MAE linear probing use it."""
+        return tokens[:, 0]
+
     def forward_decoder(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         x = self.decoder_embed(x)
         n, tokens, dim = x.shape

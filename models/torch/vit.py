@@ -26,15 +26,24 @@ class VisionTransformer(nn.Module):
     def initialize_weights(self) -> None:
         self.apply(init_weights)
 
-    def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
+    def forward_tokens(self, imgs: torch.Tensor) -> torch.Tensor:
+        """(N, 1 + L, D) encoder tokens; normed only without global pooling (fc_norm normalises
+        the pooled vector instead), as timm's forward_features."""
         x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
         cls_tokens = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls_tokens, x], dim=1)
         for blk in self.blocks:
             x = blk(x)
+        return x if self.config.global_pool else self.norm(x)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The pre-logits embedding: fc_norm of the mean patch token, or the normed cls token."""
         if self.config.global_pool:
-            return self.fc_norm(x[:, 1:, :].mean(dim=1))
-        return self.norm(x)[:, 0]
+            return self.fc_norm(tokens[:, 1:, :].mean(dim=1))
+        return tokens[:, 0]
+
+    def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.forward_tokens(imgs))
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(imgs))

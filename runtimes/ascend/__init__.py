@@ -1,4 +1,3 @@
-"""MAE pretraining, fine-tuning, evaluation and reconstruction with MindSpore (CPU, GPU, Ascend).
-
-`runtimes/ascend/train.py` (or `maeconv train`) is the entry point; `configs/` holds the recipes.
-"""
+"""MindSpore runtimes (CPU, GPU, Ascend): pretraining, fine-tuning, evaluation and reconstruction
+(`runtimes/ascend/train.py` or `maeconv train`; recipes in `configs/`), and MindIR export of the
+MindSpore twin for Ascend serving, with its runner."""

@@ -1,0 +1,99 @@
+"""The PyTorch twin to ONNX (torch.onnx's dynamo exporter), optional offline fusion with
+onnxruntime's transformer optimizer, and dynamic int8 quantisation."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from ...convert.errors import MaeconvError
+from ..tasks import Task, random_inputs
+
+# Pinned: every op the twins need is in opset 18 (LayerNormalization since 17), and onnxruntime,
+# MindSpore Lite's converter and TensorRT all read it.
+OPSET = 18
+INT8 = "int8"
+QUANTIZED_OPS = ("MatMul",)  # the Linear layers: almost all of ViT's arithmetic
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The dynamo exporter warns about torchvision ops it cannot register and deprecated tree
+    specs; none of that concerns these graphs."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def export_onnx(graph, task: Task, config, path: str | os.PathLike, metadata: Mapping[str, str]) -> None:
+    """Writes `graph` (a module of runtimes/onnx/graphs.py) to `path`, batch axis dynamic."""
+    import torch
+
+    example = random_inputs(task, config, batch=2, rng=np.random.default_rng(0))
+    batch = torch.export.Dim("batch", min=1)
+    with _quiet_exporter():
+        try:
+            program = torch.onnx.export(
+                graph.eval(), tuple(torch.from_numpy(example[name]) for name in task.inputs), None,
+                input_names=list(task.inputs), output_names=list(task.outputs), opset_version=OPSET,
+                dynamo=True, dynamic_shapes={name: {0: batch} for name in task.inputs}, verbose=False)
+        except Exception as error:  # the exporter raises many types; the message is what counts
+            raise MaeconvError(f"{path}: ONNX export failed ({str(error).strip().splitlines()[0]})") from None
+    program.model.metadata_props.update(metadata)
+    program.model.metadata_props["maeconv.opset"] = str(OPSET)
+    try:
+        program.save(str(path), external_data=False)
+    except ValueError as error:  # protobuf's 2 GiB limit
+        raise MaeconvError(f"{path}: cannot write a single-file ONNX model ({error})") from None
+
+
+def fuse_transformer(src: str | os.PathLike, dst: str | os.PathLike, config) -> dict[str, int]:
+    """onnxruntime's transformer optimizer: LayerNorm + residual -> SkipLayerNormalization,
+    bias + erf GELU -> BiasGelu (attention stays unfused: the twin's fused-qkv pattern is not
+    one the optimizer recognises). Returns the fused operator counts."""
+    import onnx
+    from onnxruntime.transformers import optimizer
+
+    with _quiet_exporter(), contextlib.redirect_stdout(None):
+        model = optimizer.optimize_model(str(src), model_type="vit", num_heads=config.num_heads,
+                                         hidden_size=config.embed_dim, opt_level=0, use_gpu=False)
+    counts = {op: n for op, n in model.get_fused_operator_statistics().items() if n}
+    original = onnx.load(str(src), load_external_data=False)
+    onnx.helper.set_model_props(model.model, {p.key: p.value for p in original.metadata_props})
+    model.save_model_to_file(str(dst))
+    return counts
+
+
+def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, per_channel: bool = False) -> None:
+    """Dynamic int8: weights quantised once (symmetric int8), activations per call (uint8)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs a 'consider pre-processing' hint on every call
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
+                         op_types_to_quantize=list(QUANTIZED_OPS), extra_options={"MatMulConstBOnly": True})
+    finally:
+        root.setLevel(level)
+    model = onnx.load(str(dst))
+    props = {p.key: p.value for p in model.metadata_props}
+    props["maeconv.precision"] = INT8
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(dst))
+
+
+def onnx_file_note(path: str | os.PathLike) -> str:
+    return f"{Path(path).name}: ONNX opset {OPSET}, batch axis dynamic"

@@ -1,0 +1,104 @@
+"""One calling convention for every runtime: `runner(inputs) -> outputs`, NumPy in and out,
+named as the task names them. Validation, `maeconv predict` and the benchmark use it."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from ..convert.checkpoints import MINDSPORE, TORCH
+from ..convert.errors import MaeconvError
+from .tasks import GraphInfo
+
+ONNX, MINDIR = "onnx", "mindir"
+RUNTIMES = (TORCH, MINDSPORE, ONNX, MINDIR)
+SUFFIX_OF_RUNTIME = {ONNX: ".onnx", MINDIR: ".mindir"}
+
+
+@dataclass
+class Runner:
+    """Base: `info` says what the graph computes; `name` what runs it (shown in reports)."""
+
+    info: GraphInfo
+    name: str
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _ordered(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return [np.ascontiguousarray(inputs[name], np.float32) for name in self.info.task.inputs]
+
+    def _named(self, outputs) -> dict[str, np.ndarray]:
+        return dict(zip(self.info.task.outputs, outputs))
+
+
+class TorchRunner(Runner):
+    def __init__(self, info: GraphInfo, graph):
+        super().__init__(info, f"{TORCH} eager")
+        self.graph = graph
+
+    def __call__(self, inputs):
+        import torch
+
+        with torch.inference_mode():
+            outputs = self.graph(*map(torch.from_numpy, self._ordered(inputs)))
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        return self._named(t.numpy() for t in outputs)
+
+
+class MindSporeRunner(Runner):
+    """A MindSpore cell: the twin in graph mode, or a GraphCell of a loaded MindIR."""
+
+    def __init__(self, info: GraphInfo, cell, name: str):
+        super().__init__(info, name)
+        self.cell = cell
+
+    def __call__(self, inputs):
+        import mindspore as ms
+
+        outputs = self.cell(*map(ms.Tensor, self._ordered(inputs)))
+        outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+        return self._named(t.asnumpy() for t in outputs)
+
+
+def twin_runner(loaded, task, framework: str, config=None) -> Runner:
+    """The source twin of `task` with the canonical state of `loaded` (see load_canonical)."""
+    from ..convert.twins import task_of
+    from ..parity.twins import GRAPH, build_model
+
+    detected = loaded.detected
+    config = config or detected.config
+    info = GraphInfo(task, detected.preset, detected.kind, config)
+    model = build_model(loaded.state, config, framework, GRAPH, task_of(detected.kind))
+    if framework == TORCH:
+        from .onnx.graphs import GRAPHS
+
+        return TorchRunner(info, GRAPHS[task.name](model).eval())
+    from .ascend.graphs import GRAPHS
+
+    return MindSporeRunner(info, GRAPHS[task.name](model).set_train(False), f"{MINDSPORE} graph mode")
+
+
+def runtime_of(path: str | os.PathLike) -> str:
+    """The runtime a file implies: .onnx and .mindir are exported graphs, anything else a checkpoint."""
+    suffix = Path(path).suffix.lower()
+    return {".onnx": ONNX, ".mindir": MINDIR}.get(suffix, TORCH)
+
+
+def open_graph(path: str | os.PathLike, runtime: str, threads: int = 0) -> Runner:
+    """A runner for an exported file; the file's own metadata says its task and config."""
+    path = Path(path)
+    if not path.is_file():
+        raise MaeconvError(f"{path}: no such file")
+    if runtime == ONNX:
+        from .onnx.session import OnnxRunner
+
+        return OnnxRunner.open(path, threads=threads)
+    if runtime == MINDIR:
+        from .ascend.mindir import MindIRRunner
+
+        return MindIRRunner.open(path)
+    raise MaeconvError(f"{path}: runtime {runtime!r} runs checkpoints, not exported graphs")

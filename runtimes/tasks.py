@@ -1,0 +1,99 @@
+"""What each exported graph computes: its inputs, outputs, the checkpoints it accepts, the
+inputs that validate it and the tolerances it is held to. Shared by every runtime."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from ..convert.errors import MaeconvError
+from ..models.config import CLASSIFIER, CLASSIFY, ENCODER, FULL, PRETRAIN, MAEConfig
+from ..parity.compare import ABS, EXACT, Tolerance
+
+FEATURES = "features"
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    kinds: tuple[str, ...]  # checkpoint kinds that hold what the task needs
+
+
+TASKS: dict[str, Task] = {
+    PRETRAIN: Task(PRETRAIN, ("images", "noise"), ("loss", "pred", "mask"), (FULL,)),
+    FEATURES: Task(FEATURES, ("images",), ("tokens", "pooled"), (ENCODER, FULL, CLASSIFIER)),
+    CLASSIFY: Task(CLASSIFY, ("images",), ("logits",), (CLASSIFIER,)),
+}
+
+KIND_NAMES = {ENCODER: "an encoder-only checkpoint", FULL: "a full (encoder + decoder) pretraining checkpoint",
+              CLASSIFIER: "a fine-tuned classifier checkpoint"}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise MaeconvError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def check_kind(task: Task, kind: str, source: str) -> None:
+    """A clear error when the checkpoint lacks what the task needs (e.g. classify on an encoder)."""
+    if kind not in task.kinds:
+        needs = " or ".join(KIND_NAMES[k] for k in task.kinds)
+        raise MaeconvError(f"{source}: is {KIND_NAMES[kind]}; task {task.name!r} needs {needs}")
+
+
+def input_shapes(task: Task, config: MAEConfig) -> dict[str, tuple]:
+    """Shapes with the batch as 'N': images (N, C, H, W), then noise (N, L) where the task masks."""
+    shapes = {"images": ("N", config.in_chans, config.img_size, config.img_size), "noise": ("N", config.num_patches)}
+    return {name: shapes[name] for name in task.inputs}
+
+
+def output_shapes(task: Task, config: MAEConfig, kind: str) -> dict[str, tuple]:
+    length, dim = config.num_patches, config.embed_dim
+    shapes = {"loss": (), "pred": ("N", length, config.patch_dim), "mask": ("N", length),
+              "tokens": ("N", 1 + length, dim), "pooled": ("N", dim), "logits": ("N", config.num_classes)}
+    return {name: shapes[name] for name in task.outputs}
+
+
+def random_inputs(task: Task, config: MAEConfig, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Standard-normal images and, where the task masks, noise rows that are permutations:
+    no two values tie, so every argsort implementation keeps the same patches."""
+    size = config.img_size
+    inputs = {"images": rng.standard_normal((batch, config.in_chans, size, size)).astype(np.float32)}
+    if "noise" in task.inputs:
+        length = config.num_patches
+        inputs["noise"] = (np.stack([rng.permutation(length) for _ in range(batch)]) / length).astype(np.float32)
+    return inputs
+
+
+def tolerances(task: Task, atol: float) -> dict[str, Tolerance]:
+    return {name: Tolerance(EXACT) if name == "mask" else Tolerance(ABS, atol) for name in task.outputs}
+
+
+def metadata(task: Task, preset: str, kind: str, config: MAEConfig) -> dict[str, str]:
+    """What an exported file records about itself, so `maeconv predict` can run it alone."""
+    return {"maeconv.task": task.name, "maeconv.preset": preset, "maeconv.kind": kind,
+            "maeconv.config": json.dumps(dataclasses.asdict(config)),
+            "maeconv.inputs": ", ".join(task.inputs), "maeconv.outputs": ", ".join(task.outputs)}
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    task: Task
+    preset: str
+    kind: str
+    config: MAEConfig
+
+
+def read_metadata(values: Mapping[str, str], source: str) -> GraphInfo:
+    try:
+        return GraphInfo(get_task(values["maeconv.task"]), values["maeconv.preset"], values["maeconv.kind"],
+                         MAEConfig(**json.loads(values["maeconv.config"])))
+    except (KeyError, TypeError, ValueError, MaeconvError):
+        raise MaeconvError(f"{source}: was not exported by maeconv (no task metadata); "
+                           "export it with `maeconv export`") from None
