@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -116,26 +117,30 @@ def copy_span(out, span: Span, nbytes: int) -> None:
                 remaining -= len(chunk)
 
 
+def _mapped(fd: int, offset: int, nbytes: int):
+    """A read-only mapping of a file region (pages loaded up front), and the region's start in it."""
+    start = offset % mmap.ALLOCATIONGRANULARITY
+    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+    return mmap.mmap(fd, nbytes + start, flags=flags, prot=mmap.PROT_READ, offset=offset - start), start
+
+
 def spans_equal(a: Span, b: Span, nbytes: int, dtype: np.dtype, nonfinite: Callable[[], None] | None) -> bool:
-    """Compares two files' regions chunk by chunk; calls `nonfinite` if `b` holds NaN or Inf."""
-    itemsize = dtype.itemsize
-    step = CHUNK - CHUNK % (8 * itemsize)
-    floating = dtype.kind == "f" or dtype.name == "bfloat16"
-    first, second = np.empty(step, np.uint8), np.empty(step, np.uint8)
-    flagged = False
+    """Compares two files' regions in place, through memory maps of one tensor at a time (so memory
+    stays near one tensor); calls `nonfinite` if `b` holds NaN or Inf."""
+    if nbytes == 0:
+        return True
     with open(a.path, "rb", buffering=0) as fa, open(b.path, "rb", buffering=0) as fb:
-        fa.seek(a.offset)
-        fb.seek(b.offset)
-        done = 0
-        while done < nbytes:
-            n = min(step, nbytes - done)
-            if fa.readinto(first[:n]) != n or fb.readinto(second[:n]) != n:
-                return False
-            wide = np.uint64 if n % 8 == 0 else np.uint8
-            if not np.array_equal(first[:n].view(wide), second[:n].view(wide)):
-                return False
-            if floating and not flagged and nonfinite and not np.isfinite(second[:n].view(dtype)).all():
-                flagged = True
+        if a.offset + nbytes > os.fstat(fa.fileno()).st_size or b.offset + nbytes > os.fstat(fb.fileno()).st_size:
+            return False
+        map_a, start_a = _mapped(fa.fileno(), a.offset, nbytes)
+        map_b, start_b = _mapped(fb.fileno(), b.offset, nbytes)
+        with map_a, map_b:
+            wide = np.uint64 if nbytes % 8 == 0 else np.uint8
+            x = np.frombuffer(map_a, np.uint8, nbytes, start_a).view(wide)
+            y = np.frombuffer(map_b, np.uint8, nbytes, start_b).view(wide)
+            equal = bool(np.array_equal(x, y))
+            floating = dtype.kind == "f" or dtype.name == "bfloat16"
+            if equal and floating and nonfinite and not np.isfinite(y.view(dtype)).all():
                 nonfinite()
-            done += n
-    return True
+            del x, y  # the maps close only once no array views them
+    return equal
