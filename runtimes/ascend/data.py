@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..images import IMAGENET_MEAN, IMAGENET_STD
+
 EVAL_CROP_PCT = 224 / 256  # resize to 256, center-crop 224 (scaled for other sizes)
 
 PRETRAIN, FINETUNE, EVAL, NONE = "pretrain", "finetune", "eval", "none"
@@ -91,8 +91,8 @@ def image_transforms(augment: str, size: int, finetune: dict | None = None) -> l
     import mindspore.dataset.vision as vision
     from mindspore.dataset.vision import Inter
 
-    mean = [255 * m for m in IMAGENET_MEAN]
-    std = [255 * s for s in IMAGENET_STD]
+    mean = [255 * float(m) for m in IMAGENET_MEAN]
+    std = [255 * float(s) for s in IMAGENET_STD]
     tail = [vision.Normalize(mean, std), vision.HWC2CHW()]
     if augment == PRETRAIN:
         return [vision.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=Inter.BICUBIC),

@@ -22,7 +22,8 @@ from ...convert.errors import MaeconvError
 from ...models.config import CLASSIFY, FULL, PRETRAIN, get_preset
 from . import data as data_lib
 from .config import ConfigError, load_config
-from .plots import plot_curves, reconstruction_picture
+from ..images import reconstruction_picture
+from .plots import plot_curves
 
 CHECKPOINT_DIR = "checkpoints"
 LOG_FILE = "log.jsonl"
@@ -590,7 +591,8 @@ def run_predict(cfg: dict) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for i in range(len(images)):
-        picture = reconstruction_picture(images[i], outputs["pred"][i], outputs["mask"][i], config)
+        picture = reconstruction_picture(images[i], outputs["pred"][i], outputs["mask"][i], config,
+                                         norm_pix=config.norm_pix_loss)
         target = folder / f"reconstruction_{i:03d}.png"
         with atomic_output(target, force=True, suffix=".png") as tmp:
             Image.fromarray(picture).save(tmp, format="PNG")
