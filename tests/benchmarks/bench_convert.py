@@ -3,8 +3,9 @@
     python tests/benchmarks/bench_convert.py [--preset mae_vit_huge_patch14] [--dir DIR] [--repeat 2]
 
 Builds a full checkpoint of the preset in the official layout (random weights, about 2.6 GB
-for huge), then times, in one run and on the same disk: `cp` of the file, `maeconv torch2ms`
-(streaming, verified), and the naive pipeline (torch.load of everything, rename,
+for huge), then times, in one run and on the same disk: `cp` of the file, `cp` followed by
+`cmp` (a copy verified the way maeconv verifies), `maeconv torch2ms` (streaming, read back and
+compared), and the naive pipeline (torch.load of everything, rename,
 mindspore.save_checkpoint of the list). Each command runs in its own process; its peak RSS is
 that process's maximum resident set. Prints a table of wall time and peak RSS with ratios.
 """
@@ -71,6 +72,8 @@ def main() -> None:
         size = source.stat().st_size
         commands = {
             "cp": ["cp", str(source), str(work / "copy.pth")],
+            # a copy that is also read back and compared, with the standard tools
+            "cp + cmp": ["sh", "-c", f"cp {source} {work / 'copy.pth'} && cmp {source} {work / 'copy.pth'}"],
             "maeconv torch2ms": [sys.executable, "-m", "maeconv.convert.cli", "torch2ms", str(source),
                                  str(work / "maeconv.ckpt")],
             "naive (load all, save_checkpoint)": [sys.executable, "-c", NAIVE, str(source), str(work / "naive.ckpt")],
