@@ -120,12 +120,13 @@ def _torch_load(path: Path):
 
 
 def _torch_to_refs(obj):
+    """The loaded object with TensorRefs in place of tensors, in dicts at any depth."""
     import torch
 
     if isinstance(obj, torch.Tensor):
         return TensorRef.of(torch_to_numpy(obj))
-    if isinstance(obj, Mapping):
-        return type(obj)((k, _torch_to_refs(v)) for k, v in obj.items()) if isinstance(obj, dict) else obj
+    if isinstance(obj, dict):
+        return type(obj)((k, _torch_to_refs(v)) for k, v in obj.items())
     return obj
 
 

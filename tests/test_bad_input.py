@@ -171,11 +171,22 @@ def test_full_disk_leaves_nothing_behind(tmp_path, tiny_pth):
     assert _snapshot(tmp_path) == before
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
-def test_unwritable_directory(tmp_path, tiny_pth):
+@pytest.fixture
+def unwritable_dir(tmp_path):
+    """A directory nobody may write into: read-only bits, or for root (who ignores them) the
+    immutable attribute."""
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
-    _fails_cleanly(tmp_path, ["torch2ms", tiny_pth, locked / "out.ckpt"], "not writable")
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+            pytest.skip("root needs chattr +i for an unwritable directory, and it is not available here")
+    yield locked
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(locked)], capture_output=True)
+
+
+def test_unwritable_directory(tmp_path, tiny_pth, unwritable_dir):
+    _fails_cleanly(tmp_path, ["torch2ms", tiny_pth, unwritable_dir / "out.ckpt"], "not writable")
 
 
 @pytest.mark.parametrize("suffix", [".ckpt", ".safetensors"])
