@@ -181,9 +181,6 @@ class Options:
     force: bool = False
 
 
-DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
-
 def convert(src: str | os.PathLike, dst: str | os.PathLike | None, fmt: str | None = None,
             force: bool = False, options: Options | None = None, log: Callable[[str], None] | None = None,
             progress: Callable[[int], Callable[[int], None] | None] | None = None) -> Conversion:

@@ -13,7 +13,7 @@ from ..convert.checkpoints import MINDSPORE, TORCH, torch_to_numpy
 from ..convert.schemes import MINDSPORE as MINDSPORE_SCHEME
 from ..convert.twins import create_model, load_state
 from ..models import reference
-from ..models.config import CLASSIFY, FROZEN, PRETRAIN, MAEConfig
+from ..models.config import CLASSIFY, PRETRAIN, MAEConfig
 from .compare import ABS, EXACT, REL, Report, Tolerance, compare
 
 PRETRAIN_OUTPUTS = ("loss", "pred", "mask", "ids_restore", "latent")

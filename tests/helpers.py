@@ -9,7 +9,7 @@ import torch
 
 from maeconv.convert.checkpoints import TORCH
 from maeconv.convert.twins import create_model, model_state
-from maeconv.models import CLASSIFIER, CLASSIFY, ENCODER, FULL, PRETRAIN, get_config, get_preset
+from maeconv.models import ENCODER, get_config, get_preset
 
 TINY = "mae_vit_tiny_patch8"
 TINY_CLS = "vit_tiny_patch8"

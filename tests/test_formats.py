@@ -1,11 +1,9 @@
 """maeconv's own readers and writers agree byte for byte with each framework's own."""
 import argparse
 import collections
-from pathlib import Path
 
 import ml_dtypes
 import numpy as np
-import pytest
 import torch
 
 from maeconv.convert.checkpoints import read_checkpoint

@@ -535,19 +535,26 @@ def _eval_line(result: dict) -> str:
     return f"{tops}  ({result['images']} images, {result['corrupt_images_skipped']} corrupt skipped)"
 
 
+def load_checkpoint_of_kind(path: str | Path, kind: str, why: str):
+    """(file, canonical checkpoint) for a checkpoint or run folder, refused unless it is of `kind`."""
+    from ...convert.pipeline import load_canonical
+
+    path = resolve_checkpoint(path)
+    loaded = load_canonical(path)
+    if loaded.detected.kind != kind:
+        raise MaeconvError(f"{path}: is a {loaded.detected.kind} checkpoint; {why}")
+    return path, loaded
+
+
 def run_eval(cfg: dict) -> dict:
     from ...parity.twins import build_model
-    from ...convert.pipeline import load_canonical
     from ...models.config import CLASSIFIER
 
     runtime = setup_runtime(cfg)
     path = cfg["eval"]["checkpoint"] or cfg["model"]["checkpoint"]
     if not path:
         raise ConfigError("eval needs a classifier checkpoint: --eval.checkpoint PATH")
-    path = resolve_checkpoint(path)
-    loaded = load_canonical(path)
-    if loaded.detected.kind != CLASSIFIER:
-        raise MaeconvError(f"{path}: is a {loaded.detected.kind} checkpoint; eval needs a fine-tuned classifier")
+    path, loaded = load_checkpoint_of_kind(path, CLASSIFIER, "eval needs a fine-tuned classifier")
     config = loaded.detected.config
     model = build_model(loaded.state, config, "mindspore", cfg["mode"], CLASSIFY)
     result = evaluate_model(model, cfg, config, runtime)
@@ -562,7 +569,6 @@ def run_predict(cfg: dict) -> list[Path]:
     """Reconstruction pictures (original | masked | reconstruction | reconstruction + visible)."""
     from PIL import Image
 
-    from ...convert.pipeline import load_canonical
     from ...parity.twins import build_model, run_pretrain
 
     runtime = setup_runtime(cfg)
@@ -572,10 +578,7 @@ def run_predict(cfg: dict) -> list[Path]:
         path = found[-1] if found else None
     if not path:
         raise ConfigError("predict needs a pretraining checkpoint: --predict.checkpoint PATH")
-    path = resolve_checkpoint(path)
-    loaded = load_canonical(path)
-    if loaded.detected.kind != FULL:
-        raise MaeconvError(f"{path}: is a {loaded.detected.kind} checkpoint; pictures need encoder and decoder")
+    path, loaded = load_checkpoint_of_kind(path, FULL, "pictures need encoder and decoder")
     config = loaded.detected.config.replace(norm_pix_loss=cfg["model"]["norm_pix_loss"],
                                             mask_ratio=cfg["model"]["mask_ratio"])
     model = build_model(loaded.state, config, "mindspore", cfg["mode"])

@@ -12,13 +12,10 @@ that process's maximum resident set. Prints a table of wall time and peak RSS wi
 from __future__ import annotations
 
 import argparse
-import os
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 NAIVE = r"""
