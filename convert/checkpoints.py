@@ -14,9 +14,9 @@ import os
 import pickle
 import shutil
 import struct
+import threading
 import warnings
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import MaeconvError
 from .formats import ckpt, safetensors, torchzip
-from .tensors import Span, TensorRef, read_file_array, spans_equal
+from .tensors import TensorRef, Verdict, spans_equal
 
 TORCH = "torch"
 MINDSPORE = "mindspore"
@@ -217,73 +217,72 @@ def atomic_output(path: str | os.PathLike, force: bool = False, suffix: str = ""
             tmp.unlink()
 
 
-def _save_torch(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping, on_written) -> None:
-    """The official layout: {'model': state_dict}."""
+def _save_torch(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping, **read_back) -> dict[str, Verdict]:
+    """The official layout: {'model': state_dict}. Nothing is read back while writing."""
     import torch
 
     torch.save({"model": {name: numpy_to_torch(ref.load()) for name, ref in tensors.items()}}, path)
+    return {}
 
 
-def _save_safetensors(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping, on_written) -> None:
-    safetensors.write(path, tensors, extras.get("metadata"), on_written)
+def _save_safetensors(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping, **read_back) -> dict[str, Verdict]:
+    return safetensors.write(path, tensors, extras.get("metadata"), **read_back)
 
 
-def _save_mindspore(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping, on_written) -> None:
-    ckpt.write(path, tensors, on_written)
+def _save_mindspore(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping, **read_back) -> dict[str, Verdict]:
+    return ckpt.write(path, tensors, **read_back)
 
 
-SAVERS: dict[str, Callable] = {TORCH: _save_torch, SAFETENSORS: _save_safetensors, MINDSPORE: _save_mindspore}
-
-
-def region_matches(ref: TensorRef, written: Span, nonfinite: Callable[[], None] | None) -> bool:
-    """Whether the bytes at `written` are the tensor's; calls `nonfinite` if they hold NaN or Inf."""
-    if ref.span:
-        return spans_equal(ref.span, written, ref.nbytes, ref.dtype, nonfinite)
-    expected = ref.load()
-    actual = read_file_array(written.path, ref.dtype, ref.shape, written.offset)
-    if nonfinite and (actual.dtype.kind == "f" or actual.dtype.name == "bfloat16") and not np.isfinite(actual).all():
-        nonfinite()
-    return np.array_equal(_bytes(expected), _bytes(actual))
+# Each writes a file and returns the read-back verdicts of the tensors it streamed.
+SAVERS: dict[str, Callable[..., dict[str, Verdict]]] = {
+    TORCH: _save_torch, SAFETENSORS: _save_safetensors, MINDSPORE: _save_mindspore}
 
 
 def write_verified(path: Path, tensors: Mapping[str, TensorRef], fmt: str, extras: Mapping | None = None,
-                   progress: Callable[[int], None] | None = None, nonfinite: list[str] | None = None) -> list[str]:
-    """Writes `path` and reads it back: each tensor is compared with its source on a second thread
-    as soon as it is written, then the file is parsed again and every tensor checked to stand where
-    it was verified. Returns the names that differ."""
-    jobs = {}
-    flag = (lambda name: (lambda: nonfinite.append(name))) if nonfinite is not None else (lambda name: None)
-
-    def verify(name: str, offset: int) -> bool:
-        matches = region_matches(tensors[name], Span(str(path), offset), flag(name))
-        if progress:
-            progress(tensors[name].nbytes)
-        return matches
-
-    def on_written(name: str, offset: int) -> None:
-        if progress:
-            progress(tensors[name].nbytes)
-        jobs[name] = (offset, pool.submit(verify, name, offset))
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        SAVERS[fmt](path, tensors, extras or {}, on_written)
-    readback = read_checkpoint(path).tensors
+                   progress: Callable[[int], None] | None = None, nonfinite: list[str] | None = None,
+                   shown_as: str | os.PathLike | None = None) -> None:
+    """Writes `path` and reads it back: streamed tensors are compared as they are written, then the
+    file is parsed again and every tensor checked to stand where it was compared; tensors written
+    otherwise are compared now. Raises if anything differs, naming the file `shown_as` (the final
+    name of a temporary file). Names of tensors holding NaN or Inf go to `nonfinite` if given."""
+    if progress:
+        progress = _thread_safe(progress)
+    verdicts = SAVERS[fmt](path, tensors, extras or {}, check_finite=nonfinite is not None, progress=progress)
+    try:
+        readback = read_checkpoint(path).tensors
+    except MaeconvError as error:
+        reason = str(error).removeprefix(f"{path}: ")
+        raise MaeconvError(f"{shown_as or path}: read-back check failed: the written file does not parse ({reason})") \
+            from None
     differ = sorted(set(tensors) ^ set(readback))
     rest = {}
     for name, ref in tensors.items():
-        back = readback.get(name)
+        back, verdict = readback.get(name), verdicts.get(name)
         if back is None:
             continue
-        if name not in jobs:
+        if verdict is None:
             rest[name] = ref
             continue
-        offset, job = jobs[name]
-        in_place = back.span is not None and back.span.offset == offset
-        if not (job.result() and in_place and back.dtype == ref.dtype and back.shape == ref.shape):
+        in_place = back.span is not None and back.span.offset == verdict.offset
+        if not (verdict.equal and in_place and back.dtype == ref.dtype and back.shape == ref.shape):
             differ.append(name)
+        elif not verdict.finite and nonfinite is not None:
+            nonfinite.append(name)
     if progress and rest:
         progress(sum(ref.nbytes for ref in rest.values()))  # written without per-tensor reports
-    return differ + same_tensors(rest, {name: readback[name] for name in rest}, progress, nonfinite)
+    differ += same_tensors(rest, {name: readback[name] for name in rest}, progress, nonfinite)
+    if differ:
+        raise MaeconvError(f"{shown_as or path}: read-back check failed for {len(differ)} tensors (e.g. {differ[0]})")
+
+
+def _thread_safe(callback: Callable[[int], None]) -> Callable[[int], None]:
+    """The callback, called by one thread at a time (the writer and the read-back both report)."""
+    lock = threading.Lock()
+
+    def locked(value: int) -> None:
+        with lock:
+            callback(value)
+    return locked
 
 
 def same_tensors(expected: Mapping[str, TensorRef | np.ndarray], actual: Mapping[str, TensorRef | np.ndarray],
@@ -330,6 +329,4 @@ def write_checkpoint(path, tensors: Mapping[str, TensorRef], fmt: str, force: bo
                      nonfinite: list[str] | None = None) -> None:
     """Writes atomically; the file is read back and compared tensor by tensor before it is kept."""
     with atomic_output(path, force) as tmp:
-        differ = write_verified(tmp, tensors, fmt, extras, progress, nonfinite)
-        if differ:
-            raise MaeconvError(f"{path}: read-back check failed for {len(differ)} tensors (e.g. {differ[0]})")
+        write_verified(tmp, tensors, fmt, extras, progress, nonfinite, shown_as=path)

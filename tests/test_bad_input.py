@@ -190,16 +190,19 @@ def test_unwritable_directory(tmp_path, tiny_pth, unwritable_dir):
 
 
 @pytest.mark.parametrize("suffix", [".ckpt", ".safetensors"])
-def test_a_corrupted_write_is_caught_by_the_read_back(tmp_path, tiny_pth, monkeypatch, suffix):
+@pytest.mark.parametrize("damaged, reason", [("tensor", "read-back check failed for"),
+                                             ("header", "read-back check failed: the written file does not parse")])
+def test_a_corrupted_write_is_caught_by_the_read_back(tmp_path, tiny_pth, monkeypatch, suffix, damaged, reason):
     from maeconv.convert import tensors
 
-    original = tensors.copy_span
+    original = tensors.write_all
 
-    def corrupting_copy(out, span, nbytes):
-        original(out, span, nbytes)
-        if nbytes > 1000:  # the last bytes of each large tensor go wrong on their way to the disk
-            out.seek(-4, os.SEEK_END)
-            out.write(b"\xde\xad\xbe\xef")
+    def corrupting_write(out, data):
+        is_tensor = isinstance(data, np.ndarray)  # headers are written as bytes
+        if (damaged == "tensor") == is_tensor and len(memoryview(data).cast("B")) > 8:
+            data = bytes(memoryview(data).cast("B"))
+            data = data[:4] + bytes(b ^ 0x5A for b in data[4:8]) + data[8:]  # goes wrong on its way to the disk
+        original(out, data)
 
-    monkeypatch.setattr(tensors, "copy_span", corrupting_copy)
-    _fails_cleanly(tmp_path, ["convert", tiny_pth, tmp_path / f"out{suffix}"], "read-back check failed")
+    monkeypatch.setattr(tensors, "write_all", corrupting_write)
+    _fails_cleanly(tmp_path, ["convert", tiny_pth, tmp_path / f"out{suffix}"], reason)

@@ -4,11 +4,12 @@ import collections
 
 import ml_dtypes
 import numpy as np
+import pytest
 import torch
 
 from maeconv.convert.checkpoints import read_checkpoint
 from maeconv.convert.formats import ckpt, safetensors as st_format, torchzip
-from maeconv.convert.tensors import TensorRef
+from maeconv.convert.tensors import COPY_CHUNK, Span, TensorRef, all_finite, spans_equal
 
 RNG = np.random.default_rng(0)
 ARRAYS = {
@@ -141,3 +142,99 @@ def test_hf_directory_reads_config_and_weights(tmp_path):
     checkpoint = read_checkpoint(tmp_path)
     assert checkpoint.format == "hf-dir" and checkpoint.metadata["norm_pix_loss"] is True
     assert _same(checkpoint.tensors["x"].load(), ARRAYS["a.weight"])
+
+
+@pytest.mark.parametrize("values, finite", [
+    (np.full(1000, 3e38, np.float32), True),  # the sum overflows to inf: the exact check decides
+    (np.array([1, np.inf, -np.inf], np.float32), False),
+    (np.array([0, np.nan], np.float32), False),
+    (np.full(10, 60000, np.float16), True),
+    (np.array([1, np.nan], ml_dtypes.bfloat16), False),
+    (np.array([1, 2], ml_dtypes.bfloat16), True),
+])
+def test_all_finite(values, finite):
+    assert all_finite(values) is finite
+
+
+def test_spans_compare_every_piece_of_a_tensor_larger_than_a_copy_chunk(tmp_path):
+    array = RNG.standard_normal(COPY_CHUNK // 4 * 3 + 5).astype(np.float32)
+    variants = {"same": array.copy(), "last_byte": array.copy(), "nan_at_end": array.copy()}
+    variants["last_byte"].view(np.uint8)[-1] ^= 1
+    variants["nan_at_end"][-1] = np.nan
+    spans = {}
+    for name, values in {"source": array, **variants}.items():
+        path = tmp_path / name
+        path.write_bytes(b"head" + values.tobytes())
+        spans[name] = Span(str(path), 4)
+    flagged = []
+    for name in variants:
+        equal = spans_equal(spans["source"], spans[name], array.nbytes, array.dtype, lambda n=name: flagged.append(n))
+        assert equal == (name == "same"), name
+    assert spans_equal(spans["nan_at_end"], spans["nan_at_end"], array.nbytes, array.dtype,
+                       lambda: flagged.append("nan_at_end"))
+    assert flagged == ["nan_at_end"]
+    assert not spans_equal(spans["source"], Span(spans["same"].path, 5), array.nbytes, array.dtype, None)  # past the end
+
+
+def _streamed(tmp_path, arrays):
+    """Pieces for write_stream: a header, then each array once from a file span and once from memory."""
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"".join(a.tobytes() for a in arrays.values()))
+    pieces, offset = [b"header"], 0
+    for name, array in arrays.items():
+        pieces.append((f"{name}.span", TensorRef.in_file(source, array.dtype, array.shape, offset)))
+        pieces.append((f"{name}.memory", TensorRef.of(array)))
+        offset += array.nbytes
+    return pieces
+
+
+def test_write_stream_reads_back_every_chunk(tmp_path, monkeypatch):
+    from maeconv.convert import tensors
+
+    monkeypatch.setattr(tensors, "COPY_CHUNK", 256)  # many chunks per tensor, more than the read-back queue holds
+    arrays = {"big": RNG.standard_normal(3000).astype(np.float32), "nan": np.array([1, np.nan], np.float16),
+              "ints": np.arange(100, dtype=np.int64), "empty": np.zeros((0, 3), np.float32)}
+    pieces = _streamed(tmp_path, arrays)
+    reported = []
+    verdicts = tensors.write_stream(tmp_path / "out.bin", pieces, expected_size=1 << 20, check_finite=True,
+                                    progress=reported.append)
+    data = (tmp_path / "out.bin").read_bytes()
+    assert len(data) == 6 + 2 * sum(a.nbytes for a in arrays.values())  # the reservation leaves the size alone
+    for name, array in arrays.items():
+        for where in ("span", "memory"):
+            verdict = verdicts[f"{name}.{where}"]
+            assert data[verdict.offset:verdict.offset + array.nbytes] == array.tobytes()
+            assert verdict.equal and verdict.finite == (name != "nan")
+    assert sorted(reported) == sorted(2 * [a.nbytes for a in arrays.values() for _ in range(2)])
+
+
+def test_write_stream_judges_what_reached_the_file(tmp_path, monkeypatch):
+    from maeconv.convert import tensors
+
+    monkeypatch.setattr(tensors, "COPY_CHUNK", 256)
+    original = tensors.write_all
+    arrays = {"a": RNG.standard_normal(1000).astype(np.float32), "b": RNG.standard_normal(1000).astype(np.float32)}
+    writes = []
+
+    def losing_write(out, data):  # the 7th chunk (inside "a.memory") never reaches the disk intact
+        writes.append(1)
+        original(out, bytes(len(memoryview(data).cast("B"))) if len(writes) == 1 + 16 + 7 else data)
+
+    monkeypatch.setattr(tensors, "write_all", losing_write)
+    verdicts = tensors.write_stream(tmp_path / "out.bin", _streamed(tmp_path, arrays))
+    assert {name: v.equal for name, v in verdicts.items()} == {
+        "a.span": True, "a.memory": False, "b.span": True, "b.memory": True}
+
+
+def test_write_stream_raises_a_read_back_failure_without_hanging(tmp_path, monkeypatch):
+    from maeconv.convert import tensors
+
+    monkeypatch.setattr(tensors, "COPY_CHUNK", 256)
+
+    def broken(values):
+        raise RuntimeError("read-back broke")
+
+    monkeypatch.setattr(tensors, "all_finite", broken)
+    with pytest.raises(RuntimeError, match="read-back broke"):
+        tensors.write_stream(tmp_path / "out.bin", _streamed(tmp_path, {"a": np.ones(10_000, np.float32)}),
+                             check_finite=True)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import BinaryIO, Callable, Mapping
+from typing import BinaryIO, Iterator, Mapping
 
 import numpy as np
 
 from ..errors import MaeconvError
-from ..tensors import TensorRef, append_tensor, dtype_by_name
+from ..tensors import Piece, TensorRef, Verdict, dtype_by_name, write_stream
 
 TYPES = {"Float32": "float32", "Float16": "float16", "Float64": "float64", "BFloat16": "bfloat16",
          "Int8": "int8", "UInt8": "uint8", "Int16": "int16", "UInt16": "uint16", "Int32": "int32",
@@ -199,18 +199,21 @@ def _value_head(tag: str, shape: tuple, type_name: str, content_length: int) -> 
     return _length_delimited(1, len(value_head) + tensor_length) + value_head + tensor_head
 
 
-def write(path: Path, tensors: Mapping[str, TensorRef], on_written: Callable[[str, int], None] | None = None) -> None:
-    """Writes the tensors in order; `on_written(name, offset)` hears of each tensor stored in one
-    piece as soon as its bytes are in the file."""
-    with open(path, "wb", buffering=0) as f:
-        for name, ref in tensors.items():
-            type_name = TYPE_OF[ref.dtype.name]
-            if ref.nbytes <= SLICE_BYTES:
-                f.write(_value_head(name, ref.shape, type_name, ref.nbytes))
-                append_tensor(f, name, ref, on_written)
-                continue
-            array = np.ascontiguousarray(ref.load())
-            for part in np.array_split(array, math.ceil(array.nbytes / SLICE_BYTES)):
-                content = np.ascontiguousarray(part).reshape(-1).view(np.uint8).data
-                f.write(_value_head(name, ref.shape, type_name, len(content)))
-                f.write(content)
+def write(path: Path, tensors: Mapping[str, TensorRef], **read_back) -> dict[str, Verdict]:
+    """Writes the tensors in order; each stored in one piece is read back as it goes (see
+    `write_stream`, which takes `read_back`'s options) and gets a verdict."""
+    return write_stream(path, _pieces(tensors), sum(ref.nbytes for ref in tensors.values()), **read_back)
+
+
+def _pieces(tensors: Mapping[str, TensorRef]) -> Iterator[Piece]:
+    for name, ref in tensors.items():
+        type_name = TYPE_OF[ref.dtype.name]
+        if ref.nbytes <= SLICE_BYTES:
+            yield _value_head(name, ref.shape, type_name, ref.nbytes)
+            yield name, ref
+            continue
+        array = np.ascontiguousarray(ref.load())
+        for part in np.array_split(array, math.ceil(array.nbytes / SLICE_BYTES)):
+            content = np.ascontiguousarray(part).reshape(-1).view(np.uint8).data
+            yield _value_head(name, ref.shape, type_name, len(content))
+            yield content

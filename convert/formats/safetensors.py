@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 
 from ..errors import MaeconvError
-from ..tensors import TensorRef, append_tensor, dtype_by_name
+from ..tensors import TensorRef, Verdict, dtype_by_name, write_stream
 
 CODES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
          "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "U16": "uint16", "U32": "uint32",
@@ -58,9 +58,9 @@ def read(path: Path) -> tuple[dict[str, TensorRef], dict]:
 
 
 def write(path: Path, tensors: Mapping[str, TensorRef], metadata: Mapping[str, str] | None = None,
-          on_written: Callable[[str, int], None] | None = None) -> None:
-    """Writes the tensors in order; `on_written(name, offset)` hears of each as soon as its bytes
-    are in the file."""
+          **read_back) -> dict[str, Verdict]:
+    """Writes the tensors in order, each read back as it goes (see `write_stream`, which takes
+    `read_back`'s options) and given a verdict."""
     header = {}
     offset = 0
     for name, ref in tensors.items():
@@ -71,7 +71,5 @@ def write(path: Path, tensors: Mapping[str, TensorRef], metadata: Mapping[str, s
         header = {"__metadata__": dict(metadata), **header}
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # tensor data starts 8-byte aligned, as the reference writer does
-    with open(path, "wb", buffering=0) as f:
-        f.write(struct.pack("<Q", len(encoded)) + encoded)
-        for name, ref in tensors.items():
-            append_tensor(f, name, ref, on_written)
+    head = struct.pack("<Q", len(encoded)) + encoded
+    return write_stream(path, [head, *tensors.items()], len(head) + offset, **read_back)

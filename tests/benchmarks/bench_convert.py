@@ -1,6 +1,6 @@
 """Conversion speed and memory: maeconv torch2ms against `cp` and against a naive pipeline.
 
-    python tests/benchmarks/bench_convert.py [--preset mae_vit_huge_patch14] [--dir DIR] [--repeat 2]
+    python tests/benchmarks/bench_convert.py [--preset mae_vit_huge_patch14] [--dir DIR] [--repeat 3] [--skip-naive]
 
 Builds a full checkpoint of the preset in the official layout (random weights, about 2.6 GB
 for huge), then times, in one run and on the same disk: `cp` of the file, `cp` followed by
@@ -59,7 +59,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="mae_vit_huge_patch14")
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: a temporary one)")
-    parser.add_argument("--repeat", type=int, default=2, help="runs of each command; the best is reported")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each command; the best is reported")
+    parser.add_argument("--skip-naive", action="store_true", help="leave out the naive pipeline (about 15 s a run)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="maeconv-bench-", dir=args.dir))
     try:
@@ -73,8 +74,10 @@ def main() -> None:
             "cp + cmp": ["sh", "-c", f"cp {source} {work / 'copy.pth'} && cmp {source} {work / 'copy.pth'}"],
             "maeconv torch2ms": [sys.executable, "-m", "maeconv.convert.cli", "torch2ms", str(source),
                                  str(work / "maeconv.ckpt")],
-            "naive (load all, save_checkpoint)": [sys.executable, "-c", NAIVE, str(source), str(work / "naive.ckpt")],
         }
+        if not args.skip_naive:
+            commands["naive (load all, save_checkpoint)"] = [sys.executable, "-c", NAIVE, str(source),
+                                                             str(work / "naive.ckpt")]
         results = {name: (float("inf"), 0) for name in commands}
         for _ in range(args.repeat):
             for name, command in commands.items():
