@@ -218,11 +218,7 @@ def atomic_output(path: str | os.PathLike, force: bool = False, suffix: str = ""
 
 
 def _save_torch(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping, **read_back) -> dict[str, Verdict]:
-    """The official layout: {'model': state_dict}. Nothing is read back while writing."""
-    import torch
-
-    torch.save({"model": {name: numpy_to_torch(ref.load()) for name, ref in tensors.items()}}, path)
-    return {}
+    return torchzip.write(path, tensors, **read_back)
 
 
 def _save_safetensors(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping, **read_back) -> dict[str, Verdict]:

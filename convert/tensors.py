@@ -116,7 +116,7 @@ def write_stream(path, pieces: Iterable[Piece], expected_size: int = 0, check_fi
                 continue
             name, ref = piece
             offset = out.tell()
-            data = _tensor_bytes(ref)
+            data = tensor_bytes(ref)
             for start in range(0, ref.nbytes, COPY_CHUNK):
                 write_all(out, data[start:start + COPY_CHUNK])
                 read_back.expect(offset + start, data[start:start + COPY_CHUNK], ref.dtype)
@@ -127,7 +127,7 @@ def write_stream(path, pieces: Iterable[Piece], expected_size: int = 0, check_fi
     return read_back.verdicts
 
 
-def _tensor_bytes(ref: TensorRef) -> np.ndarray:
+def tensor_bytes(ref: TensorRef) -> np.ndarray:
     """A tensor's bytes: mapped from its file where it has one, else computed."""
     if not ref.span:
         return np.ascontiguousarray(ref.load()).reshape(-1).view(np.uint8)

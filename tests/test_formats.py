@@ -1,6 +1,8 @@
 """maeconv's own readers and writers agree byte for byte with each framework's own."""
 import argparse
 import collections
+import subprocess
+import sys
 
 import ml_dtypes
 import numpy as np
@@ -126,6 +128,29 @@ def test_torch_zip_reader_matches_torch_load(tmp_path):
         else:
             got = ref.load()
         assert got.shape == tuple(expected.shape) and got.tobytes() == expected.numpy().tobytes(), name
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_torch_zip_written_loads_in_torch(tmp_path, mmap):
+    arrays = {**ARRAYS, "bool": np.array([True, False]), "empty": np.zeros((0, 4), np.float16),
+              "wide": np.arange(70_000, dtype=np.int32)}
+    path = tmp_path / "w.pth"
+    torchzip.write(path, _refs(arrays))
+    state = torch.load(path, weights_only=True, mmap=mmap)["model"]  # mmap needs the aligned entries
+    assert isinstance(state, collections.OrderedDict) and list(state) == list(arrays)
+    for name, array in arrays.items():
+        tensor = state[name]
+        got = tensor.view(torch.int16).numpy().view(array.dtype) if tensor.dtype == torch.bfloat16 else tensor.numpy()
+        assert _same(got, array), name
+
+
+def test_torch_zip_writing_needs_no_torch(tmp_path):
+    script = (f"import sys, numpy as np; from maeconv.convert.formats import torchzip; "
+              f"from maeconv.convert.tensors import TensorRef; "
+              f"torchzip.write({str(tmp_path / 'w.pth')!r}, {{'w': TensorRef.of(np.ones(3, np.float32))}}); "
+              f"assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", script], check=True)
+    assert torch.load(tmp_path / "w.pth", weights_only=True)["model"]["w"].tolist() == [1.0, 1.0, 1.0]
 
 
 def test_legacy_torch_pickles_still_read(tmp_path):

@@ -14,10 +14,11 @@ import pickle
 import struct
 import zipfile
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
-from ..tensors import TensorRef, dtype_by_name, read_file_array
+from ..tensors import COPY_CHUNK, TensorRef, dtype_by_name, read_file_array, tensor_bytes
 
 STORAGE_DTYPES = {
     "FloatStorage": "float32", "DoubleStorage": "float64", "HalfStorage": "float16", "BFloat16Storage": "bfloat16",
@@ -136,3 +137,87 @@ def read(path: Path):
                 return _Unpickler(data, path, prefix, offsets).load()
             except _Refused as refused:
                 raise Unsupported(str(refused)) from None
+
+
+# The storage class torch.save names for each dtype.
+STORAGE_OF_DTYPE = {dtype: storage for storage, dtype in STORAGE_DTYPES.items()}
+ARCHIVE = "archive"  # the record prefix torch.save uses for file objects
+ALIGNMENT = 64       # torch.save aligns each storage's data, so torch.load(mmap=True) can map it
+RECORDS_BEFORE = {".format_version": b"1", ".storage_alignment": str(ALIGNMENT).encode(), "byteorder": b"little"}
+RECORDS_AFTER = {"version": b"3\n"}
+
+
+def write(path: Path, tensors: Mapping[str, TensorRef], **read_back) -> dict:
+    """Writes {'model': state_dict} as torch.save lays it out: a zip of data.pkl and one stored,
+    aligned entry per tensor. Tensor bytes stream in from their source files, one chunk at a time,
+    so memory stays near one chunk. Nothing is read back while writing (the caller compares the
+    whole file afterwards), hence no verdicts."""
+    with open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
+        _add(archive, "data.pkl", _state_dict_pickle(tensors))
+        for name, data in RECORDS_BEFORE.items():
+            _add(archive, name, data)
+        for key, ref in enumerate(tensors.values()):
+            data = tensor_bytes(ref)
+            with archive.open(_aligned_entry(archive, f"data/{key}", ref.nbytes), "w") as entry:
+                for start in range(0, ref.nbytes, COPY_CHUNK):
+                    entry.write(data[start:start + COPY_CHUNK])
+            del data
+        for name, data in RECORDS_AFTER.items():
+            _add(archive, name, data)
+    return {}
+
+
+def _add(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
+    archive.writestr(_aligned_entry(archive, name, len(data)), data)
+
+
+def _aligned_entry(archive: zipfile.ZipFile, name: str, size: int) -> zipfile.ZipInfo:
+    """An entry whose data will start on an ALIGNMENT boundary: its local header is padded with an
+    extra field, as torch.save pads it."""
+    info = zipfile.ZipInfo(f"{ARCHIVE}/{name}", date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type, info.file_size = zipfile.ZIP_STORED, size
+    zip64_extra = 20 if size * 1.05 > zipfile.ZIP64_LIMIT else 0  # what zipfile adds to large entries
+    header_end = archive.fp.tell() + 30 + len(info.filename.encode()) + 4 + zip64_extra
+    padding = -header_end % ALIGNMENT
+    info.extra = struct.pack("<HH", 0x4246, padding) + b"Z" * padding  # 'FB', torch's padding record
+    return info
+
+
+def _state_dict_pickle(tensors: Mapping[str, TensorRef]) -> bytes:
+    """The pickle torch.save writes for {'model': OrderedDict(name: tensor)}, opcode by opcode (so
+    writing needs no torch): each tensor is a _rebuild_tensor_v2 call on storage `data/<index>`."""
+    out = bytearray(b"\x80\x02}")  # PROTO 2, EMPTY_DICT
+    out += _text("model") + _global("collections", "OrderedDict") + b")R("  # OrderedDict(), MARK
+    for key, (name, ref) in enumerate(tensors.items()):
+        storage = _global("torch", STORAGE_OF_DTYPE[ref.dtype.name])
+        persistent_id = b"(" + _text("storage") + storage + _text(str(key)) + _text("cpu") + _int(ref.size) + b"tQ"
+        strides = [int(np.prod(ref.shape[i + 1:], dtype=np.int64)) for i in range(len(ref.shape))]
+        arguments = (persistent_id + _int(0) + _tuple(ref.shape) + _tuple(strides) + b"\x89"  # requires_grad False
+                     + _global("collections", "OrderedDict") + b")R")  # no backward hooks
+        out += _text(name) + _global("torch._utils", "_rebuild_tensor_v2") + b"(" + arguments + b"tR"
+    return bytes(out + b"us.")  # SETITEMS into the OrderedDict, SETITEM into the dict, STOP
+
+
+def _global(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _text(value: str) -> bytes:
+    encoded = value.encode()
+    return b"X" + struct.pack("<I", len(encoded)) + encoded
+
+
+def _tuple(values) -> bytes:
+    return b"(" + b"".join(_int(v) for v in values) + b"t"
+
+
+def _int(value: int) -> bytes:
+    value = int(value)
+    if 0 <= value < 1 << 8:
+        return b"K" + bytes([value])
+    if 0 <= value < 1 << 16:
+        return b"M" + struct.pack("<H", value)
+    if -(1 << 31) <= value < 1 << 31:
+        return b"J" + struct.pack("<i", value)
+    encoded = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
+    return b"\x8a" + bytes([len(encoded)]) + encoded

@@ -5,7 +5,7 @@
 Builds a full checkpoint of the preset in the official layout (random weights, about 2.6 GB
 for huge), then times, in one run and on the same disk: `cp` of the file, `cp` followed by
 `cmp` (a copy verified the way maeconv verifies), `maeconv torch2ms` (streaming, read back and
-compared), and the naive pipeline (torch.load of everything, rename,
+compared), `maeconv ms2torch` of its output (the way back, also streaming), and the naive pipeline (torch.load of everything, rename,
 mindspore.save_checkpoint of the list). Each command runs in its own process; its peak RSS is
 that process's maximum resident set. Prints a table of wall time and peak RSS with ratios.
 """
@@ -68,12 +68,17 @@ def main() -> None:
         print(f"building {args.preset} full checkpoint in {work} ...", flush=True)
         build_checkpoint(source, args.preset)
         size = source.stat().st_size
+        converted = work / "source.ckpt"  # the way back starts from maeconv's own output
+        subprocess.run([sys.executable, "-m", "maeconv.convert.cli", "torch2ms", str(source), str(converted)],
+                       check=True, capture_output=True)
         commands = {
             "cp": ["cp", str(source), str(work / "copy.pth")],
             # a copy that is also read back and compared, with the standard tools
             "cp + cmp": ["sh", "-c", f"cp {source} {work / 'copy.pth'} && cmp {source} {work / 'copy.pth'}"],
             "maeconv torch2ms": [sys.executable, "-m", "maeconv.convert.cli", "torch2ms", str(source),
                                  str(work / "maeconv.ckpt")],
+            "maeconv ms2torch (the way back)": [sys.executable, "-m", "maeconv.convert.cli", "ms2torch",
+                                                str(converted), str(work / "back.pth")],
         }
         if not args.skip_naive:
             commands["naive (load all, save_checkpoint)"] = [sys.executable, "-c", NAIVE, str(source),
@@ -81,7 +86,7 @@ def main() -> None:
         results = {name: (float("inf"), 0) for name in commands}
         for _ in range(args.repeat):
             for name, command in commands.items():
-                for stale in ("copy.pth", "maeconv.ckpt", "naive.ckpt"):
+                for stale in ("copy.pth", "maeconv.ckpt", "back.pth", "naive.ckpt"):
                     (work / stale).unlink(missing_ok=True)
                 seconds, rss = measure(command)
                 best_seconds, best_rss = results[name]
