@@ -18,7 +18,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..tensors import COPY_CHUNK, TensorRef, dtype_by_name, read_file_array, tensor_bytes
+from ..tensors import COPY_CHUNK, TensorRef, dtype_by_name, read_file_array, reserve, tensor_bytes
 
 STORAGE_DTYPES = {
     "FloatStorage": "float32", "DoubleStorage": "float64", "HalfStorage": "float16", "BFloat16Storage": "bfloat16",
@@ -153,6 +153,7 @@ def write(path: Path, tensors: Mapping[str, TensorRef], **read_back) -> dict:
     so memory stays near one chunk. Nothing is read back while writing (the caller compares the
     whole file afterwards), hence no verdicts."""
     with open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
+        reserve(f, sum(ref.nbytes for ref in tensors.values()))
         _add(archive, "data.pkl", _state_dict_pickle(tensors))
         for name, data in RECORDS_BEFORE.items():
             _add(archive, name, data)
