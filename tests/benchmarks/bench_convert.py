@@ -12,6 +12,7 @@ that process's maximum resident set. Prints a table of wall time and peak RSS wi
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -88,6 +89,7 @@ def main() -> None:
             for name, command in commands.items():
                 for stale in ("copy.pth", "maeconv.ckpt", "back.pth", "naive.ckpt"):
                     (work / stale).unlink(missing_ok=True)
+                os.sync()  # every command starts with no earlier writes still going to the disk
                 seconds, rss = measure(command)
                 best_seconds, best_rss = results[name]
                 results[name] = (min(seconds, best_seconds), max(rss, best_rss))
