@@ -1,4 +1,5 @@
-"""PyTorch's zip checkpoints (.pth/.bin), read lazily without executing anything in the file.
+"""PyTorch's zip checkpoints (.pth/.bin), read lazily without executing anything in the file, and
+written streaming in torch.save's layout.
 
 The pickle inside (data.pkl) is interpreted by an unpickler that knows a handful of globals
 (tensor rebuilding, OrderedDict, argparse.Namespace) and refuses every other one, so no code
