@@ -186,10 +186,10 @@ class _ReadBack:
                 del job
                 if equal:
                     got = buffer[:chunk.size]
-                    equal = (os.preadv(self.file.fileno(), [got], offset) == chunk.size
-                             and MEMCMP(got.ctypes.data, chunk.ctypes.data, chunk.size) == 0)
-                    if equal and finite and self.check_finite and (dtype.kind == "f" or dtype.name == "bfloat16"):
-                        finite = all_finite(got.view(dtype))
+                    if os.preadv(self.file.fileno(), [got], offset) != chunk.size:
+                        got = None
+                    equal, chunk_finite = _arrays_equal(chunk, got, dtype, self.check_finite and finite)
+                    finite = finite and chunk_finite
                 del chunk
         except BaseException as error:  # raised by the writing thread once it is done
             self.error = error

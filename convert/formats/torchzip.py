@@ -148,11 +148,11 @@ RECORDS_BEFORE = {".format_version": b"1", ".storage_alignment": str(ALIGNMENT).
 RECORDS_AFTER = {"version": b"3\n"}
 
 
-def write(path: Path, tensors: Mapping[str, TensorRef], **read_back) -> dict:
+def write(path: Path, tensors: Mapping[str, TensorRef]) -> None:
     """Writes {'model': state_dict} as torch.save lays it out: a zip of data.pkl and one stored,
     aligned entry per tensor. Tensor bytes stream in from their source files, one chunk at a time,
-    so memory stays near one chunk. Nothing is read back while writing (the caller compares the
-    whole file afterwards), hence no verdicts."""
+    so memory stays near one chunk. Nothing is read back while writing: the caller compares the
+    whole file afterwards."""
     with open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
         reserve(f, sum(ref.nbytes for ref in tensors.values()))
         _add(archive, "data.pkl", _state_dict_pickle(tensors))
@@ -166,7 +166,6 @@ def write(path: Path, tensors: Mapping[str, TensorRef], **read_back) -> dict:
             del data
         for name, data in RECORDS_AFTER.items():
             _add(archive, name, data)
-    return {}
 
 
 def _add(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
