@@ -84,8 +84,11 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, per_channel: b
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer logs a 'consider pre-processing' hint on every call
     try:
+        # 7-bit weights: on x86 without VNNI (AVX2 only) the u8 x s8 integer kernels saturate their
+        # 16-bit pair sums with full-range weights; measured on a tiny ViT, cosine 0.84 -> 0.9998.
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-                         op_types_to_quantize=list(QUANTIZED_OPS), extra_options={"MatMulConstBOnly": True})
+                         reduce_range=True, op_types_to_quantize=list(QUANTIZED_OPS),
+                         extra_options={"MatMulConstBOnly": True})
     finally:
         root.setLevel(level)
     model = onnx.load(str(dst))
