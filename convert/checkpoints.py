@@ -8,23 +8,22 @@ model.safetensors). Nothing in a file is ever executed; dtypes pass through unto
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import pickle
-import shutil
 import struct
 import threading
 import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from .errors import MaeconvError
 from .formats import ckpt, safetensors, torchzip
+from .outputs import Target, staged
 from .tensors import TensorRef, Verdict, spans_equal
 
 TORCH = "torch"
@@ -184,37 +183,13 @@ def numpy_to_torch(array: np.ndarray):
 
 # --- writing ---
 
-def check_writable(path: str | os.PathLike, force: bool = False) -> None:
-    """Fails early, before any work, if `path` cannot be written."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise MaeconvError(f"{path}: already exists (use --force to overwrite)")
-    if not path.parent.is_dir():
-        raise MaeconvError(f"{path}: directory {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK):
-        raise MaeconvError(f"{path}: directory {path.parent} is not writable")
+# What maeconv writes into a Hugging Face directory: all that --force may replace there.
+HF_WRITTEN = frozenset({"config.json", "model.safetensors"})
 
 
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, force: bool = False, suffix: str = "") -> Iterator[Path]:
-    """Yields a temporary path beside `path`; renames it to `path` only if the block succeeds."""
-    path = Path(path)
-    check_writable(path, force)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}{suffix}")
-    try:
-        yield tmp
-        if path.is_dir() and not tmp.is_dir():
-            shutil.rmtree(path)
-        elif tmp.is_dir() and path.exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        os.replace(tmp, path)
-    except OSError as error:
-        raise MaeconvError(f"{path}: cannot write ({error.strerror or error})") from None
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+def output_target(path: str | os.PathLike, fmt: str) -> Target:
+    """The output as the outputs module stages it: an HF directory is a folder of known files."""
+    return Target(Path(path), HF_WRITTEN if fmt == HF_DIR else None)
 
 
 def _save_torch(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping, **read_back) -> dict[str, Verdict]:
@@ -323,7 +298,8 @@ def _ref(value) -> TensorRef:
 
 def write_checkpoint(path, tensors: Mapping[str, TensorRef], fmt: str, force: bool = False,
                      extras: Mapping | None = None, progress: Callable[[int], None] | None = None,
-                     nonfinite: list[str] | None = None) -> None:
-    """Writes atomically; the file is read back and compared tensor by tensor before it is kept."""
-    with atomic_output(path, force) as tmp:
-        write_verified(tmp, tensors, fmt, extras, progress, nonfinite, shown_as=path)
+                     nonfinite: list[str] | None = None, inputs: Sequence[str | os.PathLike] = ()) -> None:
+    """Writes through a staging folder; the file is read back and compared tensor by tensor
+    before it gets its name."""
+    with staged(path, force=force, inputs=inputs) as stage:
+        write_verified(stage.path(), tensors, fmt, extras, progress, nonfinite, shown_as=path)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -13,7 +14,8 @@ import click
 os.environ.setdefault("GLOG_v", "3")  # MindSpore's runtime warnings are noise on a terminal
 
 from .checkpoints import FRAMEWORKS, MINDSPORE, TORCH  # noqa: E402
-from .errors import MaeconvError  # noqa: E402
+from .errors import MaeconvError, one_line  # noqa: E402
+from .outputs import Interrupted, handle_signals  # noqa: E402
 from .schemes import SCHEME_ALIASES, SCHEMES  # noqa: E402
 
 SCHEME_CHOICES = [*SCHEMES, *SCHEME_ALIASES]
@@ -22,23 +24,42 @@ MODES = ("graph", "pynative")
 
 
 class Group(click.Group):
-    """Turns MaeconvError into click's one-line 'Error: ...' and exit status 1."""
+    """Turns MaeconvError into click's one-line 'Error: ...' and exit status 1, and keeps every
+    error on one line whatever names it quotes."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except MaeconvError as error:
-            raise click.ClickException(str(error)) from None
+            raise click.ClickException(one_line(str(error))) from None
+        except click.ClickException as error:
+            error.message = one_line(error.message)
+            raise
 
 
 def say(message: str) -> None:
     click.echo(message, err=True)
 
 
+class _NoteHandler(logging.Handler):
+    """The library's notices (logger 'maeconv') as 'note: ...' lines on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        say(f"note: {one_line(record.getMessage())}")
+
+
+def _show_library_notes() -> None:
+    logger = logging.getLogger("maeconv")
+    if not any(isinstance(h, _NoteHandler) for h in logger.handlers):
+        logger.addHandler(_NoteHandler())
+        logger.propagate = False
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="maeconv")
 def cli():
     """MAE ViT checkpoints between PyTorch and MindSpore, with proof that nothing changed."""
+    _show_library_notes()
 
 
 def _run_convert(src, dst, fmt, options, as_json):
@@ -245,10 +266,10 @@ def forward(checkpoint, images, noise, out, mask_ratio, norm_pix_loss, framework
     import numpy as np
 
     from ..parity.twins import build_model, run_pretrain
-    from .checkpoints import atomic_output, check_writable
+    from .outputs import check_target, staged
     from .pipeline import load_canonical
 
-    check_writable(out, force)
+    check_target(out, force, inputs=[checkpoint, images, *([noise] if noise else [])])
     loaded = load_canonical(checkpoint)
     config = loaded.detected.config.replace(norm_pix_loss=norm_pix_loss)
     _require_full(loaded, checkpoint)
@@ -265,7 +286,7 @@ def forward(checkpoint, images, noise, out, mask_ratio, norm_pix_loss, framework
     framework = framework or loaded.framework
     model = build_model(loaded.state, config, framework, mode)
     outputs = run_pretrain(model, framework, imgs, noise_arr, mask_ratio)
-    with atomic_output(out, force) as tmp, open(tmp, "wb") as f:
+    with staged(out, force=force, inputs=[checkpoint, images]) as stage, open(stage.path(), "wb") as f:
         np.savez(f, **outputs)
     if as_json:
         click.echo(json.dumps({"output": str(out), "loss": float(outputs["loss"]), "framework": framework,
@@ -454,7 +475,12 @@ def predict(model, images, runtime, out_dir, noise, seed, norm_pix_loss, labels,
 
 
 def main():
-    cli(prog_name="maeconv")
+    handle_signals()
+    try:
+        cli(prog_name="maeconv")
+    except Interrupted as interrupted:
+        say(f"Error: interrupted by {interrupted}; unfinished outputs removed")
+        sys.exit(128 + interrupted.signum)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,10 @@ from typing import Callable
 
 import numpy as np
 
-from .checkpoints import (HF_DIR, MINDSPORE, SAFETENSORS, SUFFIX_FORMATS, TORCH, Checkpoint, check_writable,
-                          read_checkpoint)
+from .checkpoints import HF_DIR, MINDSPORE, SAFETENSORS, SUFFIX_FORMATS, TORCH, Checkpoint, output_target, read_checkpoint
 from .detect import Detected, detect
 from .errors import MaeconvError
+from .outputs import check_target
 from .schemes import (FACEBOOK, HF, MINDSPORE as MINDSPORE_SCHEME, SCHEMES, MappingError, Scheme, Step,
                       apply_from_canonical, apply_to_canonical, get_scheme)
 from .tensors import TensorRef
@@ -195,9 +195,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, fmt: str | No
     dst = Path(dst)
     fmt = fmt or format_of_output(dst, options.scheme)
     if not options.dry_run:
-        if Path(src).exists() and Path(src).resolve() == dst.resolve():
-            raise MaeconvError(f"{dst}: output would overwrite the input")
-        check_writable(dst, options.force)  # before the (possibly long) read
+        check_target(output_target(dst, fmt), options.force, inputs=[src])  # before the (possibly long) read
     loaded = load_canonical(src, options.source_scheme, options.allow_unmapped, log)
     target = get_scheme(options.scheme) if options.scheme else SCHEME_OF_FORMAT[fmt]
     if fmt == HF_DIR and target is not HF:

@@ -7,8 +7,9 @@ from typing import Callable, Mapping
 
 
 from ..models.config import ENCODER, MAEConfig
-from .checkpoints import HF_DIR, MINDSPORE, SAFETENSORS, atomic_output, write_checkpoint, write_verified
+from .checkpoints import HF_DIR, MINDSPORE, SAFETENSORS, output_target, write_checkpoint, write_verified
 from .errors import MaeconvError
+from .outputs import staged
 from .schemes import MINDFORMERS, MINDSPORE as MINDSPORE_SCHEME, Scheme, apply_from_canonical, apply_to_canonical
 from .tensors import TensorRef
 
@@ -48,15 +49,17 @@ def write(dst: Path, tensors: dict[str, TensorRef], fmt: str, target: Scheme, de
     """Writes and verifies; returns the names of tensors holding NaN or Inf (written as they are)."""
     nonfinite: list[str] = []
     metadata = {"format": "ms" if target in NAMED_OPTIMIZER_SCHEMES else "pt"}
+    inputs = [loaded.checkpoint.path]
     if fmt != HF_DIR:
-        write_checkpoint(dst, tensors, fmt, options.force, {"metadata": metadata}, progress, nonfinite)
+        write_checkpoint(dst, tensors, fmt, options.force, {"metadata": metadata}, progress, nonfinite, inputs)
         return nonfinite
     norm_pix_loss = options.norm_pix_loss if options.norm_pix_loss is not None else loaded.norm_pix_loss
-    with atomic_output(dst, options.force) as tmp:
-        tmp.mkdir()
-        (tmp / "config.json").write_text(json.dumps(hf_config(detected.config, detected.kind, norm_pix_loss),
-                                                    indent=2) + "\n")
-        write_verified(tmp / "model.safetensors", tensors, SAFETENSORS, {"metadata": {"format": "pt"}},
+    with staged(output_target(dst, HF_DIR), force=options.force, inputs=inputs) as stage:
+        folder = stage.path()
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(hf_config(detected.config, detected.kind, norm_pix_loss),
+                                                       indent=2) + "\n")
+        write_verified(folder / "model.safetensors", tensors, SAFETENSORS, {"metadata": {"format": "pt"}},
                        progress, nonfinite, shown_as=dst)
     return nonfinite
 

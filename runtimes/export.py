@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..convert.checkpoints import MINDSPORE, TORCH, atomic_output, check_writable
+from ..convert.checkpoints import MINDSPORE, TORCH
 from ..convert.errors import MaeconvError
+from ..convert.outputs import check_target, staged
 from ..convert.pipeline import load_canonical
 from ..models.config import PRETRAIN
 from ..parity.compare import Report
@@ -56,9 +57,7 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str, task
         raise MaeconvError(f"{out}: unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if fmt == MINDIR and out.suffix != ".mindir":
         raise MaeconvError(f"{out}: a MindIR file name must end in .mindir (MindSpore appends it otherwise)")
-    if Path(checkpoint).resolve() == out.resolve():
-        raise MaeconvError(f"{out}: output would overwrite the input")
-    check_writable(out, force)
+    check_target(out, force, inputs=[checkpoint])
     task = get_task(task_name)
     if quantize and fmt != ONNX:
         raise MaeconvError(f"{out}: --quantize is offered for ONNX exports only")
@@ -82,8 +81,8 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str, task
     source = twin_runner(loaded, task, SOURCE_TWIN[fmt], config)
     info = metadata(task, detected.preset, detected.kind, config)
     precision = quantize or "fp32"
-    suffix = out.suffix or ".onnx"
-    with atomic_output(out, force, suffix) as tmp:
+    with staged(out, force=force, inputs=[loaded.checkpoint.path]) as stage:
+        tmp = stage.path()
         if fmt == ONNX:
             exported = _write_onnx(source, tmp, info, quantize, optimize, notes, log)
         else:

@@ -1,7 +1,6 @@
 """`maeconv predict`: images through any runtime; reconstruction pictures or top-5 classes."""
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,8 +8,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..convert.checkpoints import check_writable
 from ..convert.errors import MaeconvError
+from ..convert.outputs import check_target, staged
 from ..models.config import CLASSIFIER, CLASSIFY, ENCODER, PRETRAIN
 from .images import load_image, reconstruction_picture, save_png
 from .runners import MINDIR, ONNX, Runner, open_graph, runtime_of
@@ -94,7 +93,7 @@ def predict(model: str | os.PathLike, images: Sequence[str | os.PathLike], runti
         if clash:
             raise MaeconvError(f"{clash[0]}: two input images would write the same picture")
         for path in outputs:  # before any work: nothing is written unless everything can be
-            check_writable(path, force)
+            check_target(path, force, inputs=[model, *images])
     arrays = []
     for image in images:  # every image is read before anything runs or is written
         array, note = load_image(image, config.img_size)
@@ -128,28 +127,21 @@ def predict(model: str | os.PathLike, images: Sequence[str | os.PathLike], runti
                                     "*_full.pth checkpoints)"))
     log(result.notes[-1])
     pictures = [reconstruction_picture(batch[i], pred[i], mask[i], config, norm_pix) for i in range(len(batch))]
-    write_all(dict(zip(outputs, pictures)))
+    write_pictures(dict(zip(outputs, pictures)), force, inputs=[model, *images])
     result.written = outputs
     for path in outputs:
         log(f"wrote {path}")
     return result
 
 
-def write_all(pictures: dict[Path, np.ndarray]) -> None:
-    """Every picture to a temporary file first; the names appear only once all are written."""
-    staged = {path: path.with_name(f".{path.name}.partial-{os.getpid()}.png") for path in pictures}
-    current = None
-    try:
-        for current, tmp in staged.items():
-            save_png(pictures[current], tmp)
-        for current, tmp in staged.items():
-            os.replace(tmp, current)
-    except OSError as error:
-        raise MaeconvError(f"{current}: cannot write ({error.strerror or error})") from None
-    finally:
-        for tmp in staged.values():
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+def write_pictures(pictures: dict[Path, np.ndarray], force: bool, inputs: Sequence) -> None:
+    """Every picture staged first; the names appear only once all are written."""
+    with staged(*pictures, force=force, inputs=inputs) as stage:
+        for index, (path, pixels) in enumerate(pictures.items()):
+            try:
+                save_png(pixels, stage.path(index))
+            except OSError as error:
+                raise MaeconvError(f"{path}: cannot write ({error.strerror or error})") from None
 
 
 def read_labels(path: str | os.PathLike | None) -> list[str] | None:

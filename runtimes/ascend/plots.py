@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...convert.outputs import staged
 
 
 def plot_curves(records: list[dict], path: Path, width: int = 720, panel_height: int = 220) -> None:
@@ -31,7 +32,5 @@ def plot_curves(records: list[dict], path: Path, width: int = 720, panel_height:
         draw.text((4, lower - 10), f"{low:.3g}", fill=(0, 0, 0))
         draw.text((left, lower + 6), f"step {int(first)}", fill=(0, 0, 0))
         draw.text((right - 70, lower + 6), f"step {int(last)}", fill=(0, 0, 0))
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
+    with staged(path, force=True) as stage:
+        image.save(stage.path(), format="PNG")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...convert.checkpoints import atomic_output
 from ...convert.errors import MaeconvError
+from ...convert.outputs import staged, write_file
 from ...models.config import CLASSIFY, FULL, PRETRAIN, get_preset
 from . import data as data_lib
 from .config import ConfigError, load_config
@@ -175,8 +175,8 @@ def save_training_checkpoint(path: Path, model, optimizer, counters: dict[str, i
     if scaler is not None:
         entries.append({"name": TRAIN_PREFIX + "loss_scale", "data": scaler.scale_value})
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path, force=True, suffix=".ckpt") as tmp:
-        ms.save_checkpoint(entries, str(tmp))
+    with staged(path, force=True) as stage:
+        ms.save_checkpoint(entries, str(stage.path()))
     for old in sorted(path.parent.glob("step_*.ckpt"))[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
 
@@ -305,7 +305,7 @@ def train(cfg: dict, finetune: bool = False) -> dict:
         output_dir.mkdir(parents=True, exist_ok=True)
         import yaml
 
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        write_file(output_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
     _ensure_data(cfg, runtime)
     tcfg, dcfg = cfg["train"], cfg["data"]
     task = CLASSIFY if finetune else PRETRAIN
@@ -443,7 +443,7 @@ def train(cfg: dict, finetune: bool = False) -> dict:
             plot_curves(records, output_dir / PLOT_FILE)
         latest = list_checkpoints(cfg)
         summary["checkpoint"] = str(latest[-1]) if latest else None
-        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_file(output_dir / "summary.json", json.dumps(summary, indent=2))
         runtime.say(f"done: {position.step} steps in {format_duration(seconds)}; loss {first_loss} -> "
                     f"{summary.get('last_loss')}; outputs in {output_dir}")
     return summary
@@ -561,7 +561,7 @@ def run_eval(cfg: dict) -> dict:
     runtime.say(f"{path} on {Path(cfg['data']['path'], cfg['data']['val_split'])}: {_eval_line(result)}")
     output_dir = Path(cfg["output_dir"])
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "eval.json").write_text(json.dumps({"checkpoint": str(path), **result}, indent=2))
+    write_file(output_dir / "eval.json", json.dumps({"checkpoint": str(path), **result}, indent=2))
     return result
 
 
@@ -592,14 +592,12 @@ def run_predict(cfg: dict) -> list[Path]:
     outputs = run_pretrain(model, "mindspore", images, noise)
     folder = Path(cfg["output_dir"]) / "predict"
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for i in range(len(images)):
-        picture = reconstruction_picture(images[i], outputs["pred"][i], outputs["mask"][i], config,
-                                         norm_pix=config.norm_pix_loss)
-        target = folder / f"reconstruction_{i:03d}.png"
-        with atomic_output(target, force=True, suffix=".png") as tmp:
-            Image.fromarray(picture).save(tmp, format="PNG")
-        written.append(target)
+    written = [folder / f"reconstruction_{i:03d}.png" for i in range(len(images))]
+    with staged(*written, force=True) as stage:
+        for i in range(len(images)):
+            picture = reconstruction_picture(images[i], outputs["pred"][i], outputs["mask"][i], config,
+                                             norm_pix=config.norm_pix_loss)
+            Image.fromarray(picture).save(stage.path(i), format="PNG")
     runtime.say(f"wrote {len(written)} pictures to {folder} (original | masked | reconstruction | "
                 f"reconstruction + visible), loss {float(outputs['loss']):.4f}")
     return written
