@@ -1,6 +1,8 @@
-"""The official MAE checkpoints by name: download with resume into a cache, checked by md5 prefix."""
+"""The official MAE checkpoints by name: download with resume into a cache, checked by md5 prefix;
+the close official names for a mistyped one."""
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import urllib.error
@@ -43,12 +45,42 @@ for _size, _arch in ARCHITECTURES.items():
 CHECKPOINTS["mae_vit_base_p16"] = CHECKPOINTS["mae_pretrain_vit_base"]
 
 
+# How alike (difflib ratio) a typed name must be to an official one to be offered, and how far
+# behind the closest another may be and still be offered beside it.
+CLOSE_RATIO = 0.75
+CLOSE_SPREAD = 0.03
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("MAECONV_CACHE", Path.home() / ".cache" / "maeconv"))
 
 
 def url_of(name: str) -> str:
     return f"{os.environ.get('MAECONV_BASE_URL', BASE_URL).rstrip('/')}/{CHECKPOINTS[name].path}"
+
+
+def close_names(source: str) -> list[str]:
+    """The official names a mistyped one most likely meant: the closest few, as typed or without its
+    directory and suffix, and only those about as close as the closest."""
+    scored = {}
+    for typed in {str(source), Path(source).stem}:
+        for name in CHECKPOINTS:
+            ratio = difflib.SequenceMatcher(None, typed, name).ratio()
+            scored[name] = max(ratio, scored.get(name, 0.0))
+    best = max(scored.values(), default=0.0)
+    if best < CLOSE_RATIO:
+        return []
+    ranked = sorted((name for name, ratio in scored.items() if ratio >= best - CLOSE_SPREAD),
+                    key=lambda name: -scored[name])
+    return ranked[:3]
+
+
+def did_you_mean(source: str) -> str:
+    """'; did you mean a or b?' for `source`, or '' when no official name is close."""
+    names = close_names(source)
+    if not names:
+        return ""
+    return f"; did you mean {', '.join(names[:-1]) + ' or ' if len(names) > 1 else ''}{names[-1]}?"
 
 
 def md5_of(path: Path) -> str:
@@ -62,7 +94,8 @@ def md5_of(path: Path) -> str:
 def fetch(name: str, log: Callable[[str], None] | None = None, progress=None, force: bool = False) -> Path:
     """The cached file of an official checkpoint, downloading (or resuming) it first if needed."""
     if name not in CHECKPOINTS:
-        raise MaeconvError(f"{name}: not an official checkpoint name; known: {', '.join(sorted(CHECKPOINTS))}")
+        raise MaeconvError(f"{name}: not an official checkpoint name"
+                           + (did_you_mean(name) or "; `maeconv download --list` lists them"))
     entry = CHECKPOINTS[name]
     target = cache_dir() / Path(entry.path).name
     if target.exists() and not force:

@@ -108,3 +108,36 @@ def test_known_names_point_at_the_official_links():
     assert hub.CHECKPOINTS["mae_finetuned_vit_huge"].md5_prefix == "2541f2"
     assert hub.CHECKPOINTS["mae_vit_base_p16"] == hub.CHECKPOINTS["mae_pretrain_vit_base"]
     assert hub.CHECKPOINTS["mae_visualize_vit_large"].kind == "full"
+
+
+def _one_line_error(result):
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and result.stderr.rstrip().endswith(errors[0]), result.stderr
+    return errors[0]
+
+
+# --- close names ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, error", [
+    (["download", "mae_pretrain_vit_bsae"],
+     "Error: mae_pretrain_vit_bsae: not an official checkpoint name; did you mean mae_pretrain_vit_base?"),
+    (["inspect", "mae_pretrain_vit_bsae"],
+     "Error: mae_pretrain_vit_bsae: no such file or official checkpoint name; did you mean mae_pretrain_vit_base?"),
+    (["torch2ms", "mae_visualise_vit_large", "out.ckpt"],
+     "Error: mae_visualise_vit_large: no such file or official checkpoint name; did you mean mae_visualize_vit_large?"),
+    (["inspect", "models/mae_finetune_vit_huge.pth"], "Error: models/mae_finetune_vit_huge.pth: no such file or "
+                                                      "official checkpoint name; did you mean mae_finetuned_vit_huge?"),
+    (["download", "mae_pretrain_vit"], "Error: mae_pretrain_vit: not an official checkpoint name; did you mean "
+                                       "mae_pretrain_vit_base, mae_pretrain_vit_huge or mae_pretrain_vit_large?"),
+    (["download", "resnet50"],
+     "Error: resnet50: not an official checkpoint name; `maeconv download --list` lists them"),
+    (["inspect", "nowhere/model.pth"], "Error: nowhere/model.pth: no such file"),
+])
+def test_a_mistyped_name_gets_the_close_official_names(tmp_path, monkeypatch, args, error):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MAECONV_CACHE", str(tmp_path / "cache"))
+    assert _one_line_error(run(*args)) == error
+    assert not (tmp_path / "cache").exists()  # nothing is fetched for a name that is not official
