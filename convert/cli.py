@@ -180,7 +180,9 @@ def convert_command(src, dst, scheme, dtype, img_size, kind, fc_norm_from_norm, 
 @click.option("--force", is_flag=True, help="Download again even if cached.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def download(name, list_names, force, as_json):
-    """Fetch an official checkpoint into the cache (resumable, checked against its md5 prefix)."""
+    """Fetch an official checkpoint into the cache: resumable; kept only when complete, matching its
+    md5 prefix (where published) and parsing as its preset and kind. MAECONV_DOWNLOAD_STALL_S,
+    MAECONV_DOWNLOAD_DEADLINE_S and MAECONV_DOWNLOAD_MAX_BYTES bound the wait and the size."""
     from .hub import CHECKPOINTS, cache_dir, fetch, url_of
 
     if list_names or not name:
@@ -190,10 +192,12 @@ def download(name, list_names, force, as_json):
     bar = None
 
     def progress(total, advance):
+        """Called first with the file's size (0: the server does not say) and the bytes already there."""
         nonlocal bar
-        if bar is None:
-            bar = click.progressbar(length=total or None, label=name, file=sys.stderr)
-        bar.update(advance)
+        if bar is None and total:
+            bar = click.progressbar(length=total, label=name, file=sys.stderr)
+        if bar is not None:
+            bar.update(advance)
 
     path = fetch(name, log=say, progress=progress, force=force)
     if bar is not None:

@@ -1,16 +1,23 @@
-"""The official MAE checkpoints by name: download with resume into a cache, checked by md5 prefix."""
+"""The official MAE checkpoints by name: downloaded with resume into a cache that only ever holds
+complete files, checked by md5 prefix (where published) and by parsing as the expected preset and
+kind; the close official names for a mistyped one."""
 from __future__ import annotations
 
+import difflib
+import fcntl
 import hashlib
+import math
 import os
-import urllib.error
-import urllib.request
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable, Iterator
 
-from ..models.config import CLASSIFIER, ENCODER, FULL
+from ..models.config import CLASSIFIER, ENCODER, FULL, checkpoint_shapes, get_preset
+from .checkpoints import MINDSPORE, SAFETENSORS, SUFFIX_FORMATS, TORCH
 from .errors import MaeconvError
+from .transfer import HEAD_BYTES, DownloadError, Limits, download
 
 BASE_URL = "https://dl.fbaipublicfiles.com/mae"
 
@@ -43,12 +50,42 @@ for _size, _arch in ARCHITECTURES.items():
 CHECKPOINTS["mae_vit_base_p16"] = CHECKPOINTS["mae_pretrain_vit_base"]
 
 
+# How alike (difflib ratio) a typed name must be to an official one to be offered, and how far
+# behind the closest another may be and still be offered beside it.
+CLOSE_RATIO = 0.75
+CLOSE_SPREAD = 0.03
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("MAECONV_CACHE", Path.home() / ".cache" / "maeconv"))
 
 
 def url_of(name: str) -> str:
     return f"{os.environ.get('MAECONV_BASE_URL', BASE_URL).rstrip('/')}/{CHECKPOINTS[name].path}"
+
+
+def close_names(source: str) -> list[str]:
+    """The official names a mistyped one most likely meant: the closest few, as typed or without its
+    directory and suffix, and only those about as close as the closest."""
+    scored = {}
+    for typed in {str(source), Path(source).stem}:
+        for name in CHECKPOINTS:
+            ratio = difflib.SequenceMatcher(None, typed, name).ratio()
+            scored[name] = max(ratio, scored.get(name, 0.0))
+    best = max(scored.values(), default=0.0)
+    if best < CLOSE_RATIO:
+        return []
+    ranked = sorted((name for name, ratio in scored.items() if ratio >= best - CLOSE_SPREAD),
+                    key=lambda name: -scored[name])
+    return ranked[:3]
+
+
+def did_you_mean(source: str) -> str:
+    """'; did you mean a or b?' for `source`, or '' when no official name is close."""
+    names = close_names(source)
+    if not names:
+        return ""
+    return f"; did you mean {', '.join(names[:-1]) + ' or ' if len(names) > 1 else ''}{names[-1]}?"
 
 
 def md5_of(path: Path) -> str:
@@ -59,48 +96,154 @@ def md5_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def size_cap(entry: Official) -> int:
+    """The largest file the entry can be: its fp32 tensor bytes plus a generous allowance for the
+    pickle and zip structure around them (a few hundred bytes per tensor in practice)."""
+    shapes = checkpoint_shapes(get_preset(entry.preset).config, entry.kind)
+    tensor_bytes = 4 * sum(math.prod(shape) for shape in shapes.values())
+    return tensor_bytes + tensor_bytes // 8 + (1 << 20)
+
+
+def limits_for(entry: Official) -> Limits:
+    """The download's timeouts and size cap; the environment can set each (tests use seconds)."""
+    return Limits(stall_s=_env_number("MAECONV_DOWNLOAD_STALL_S", 60.0),
+                  deadline_s=_env_number("MAECONV_DOWNLOAD_DEADLINE_S", 6 * 3600.0),
+                  max_bytes=int(_env_number("MAECONV_DOWNLOAD_MAX_BYTES", size_cap(entry))))
+
+
+def _env_number(variable: str, default: float) -> float:
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (0 < value < math.inf):
+        raise MaeconvError(f"{variable}: expected a positive number, got {text!r}")
+    return value
+
+
+# What the first bytes of each format are; a file that starts otherwise is not worth keeping.
+SIGNATURES: dict[str, tuple[str, Callable[[bytes], bool]]] = {
+    TORCH: ("PyTorch checkpoint", lambda head: head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"),
+    SAFETENSORS: ("safetensors file", lambda head: len(head) >= 9 and head[8:9] == b"{"),
+    MINDSPORE: ("MindSpore checkpoint", lambda head: head[:1] == b"\x0a"),
+}
+
+
+def head_check(entry: Official) -> Callable[[bytes], str | None]:
+    """What is wrong with a file's first bytes for the entry's format, or None."""
+    label, fits = SIGNATURES[SUFFIX_FORMATS[Path(entry.path).suffix.lower()]]
+
+    def problem(head: bytes) -> str | None:
+        if not head:
+            return f"empty body, not a {label}"
+        return None if fits(head) else f"not a {label}: it starts with {head[:HEAD_BYTES]!r}"
+    return problem
+
+
 def fetch(name: str, log: Callable[[str], None] | None = None, progress=None, force: bool = False) -> Path:
-    """The cached file of an official checkpoint, downloading (or resuming) it first if needed."""
+    """The cached file of an official checkpoint, downloading (or resuming) it first if needed.
+    The cache only receives a complete file that parses as the entry's preset and kind."""
     if name not in CHECKPOINTS:
-        raise MaeconvError(f"{name}: not an official checkpoint name; known: {', '.join(sorted(CHECKPOINTS))}")
+        raise MaeconvError(f"{name}: not an official checkpoint name"
+                           + (did_you_mean(name) or "; `maeconv download --list` lists them"))
     entry = CHECKPOINTS[name]
     target = cache_dir() / Path(entry.path).name
     if target.exists() and not force:
         return target
+    limits = limits_for(entry)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".part")
-    url = url_of(name)
-    if log:
-        log(f"downloading {name} from {url}")
-    _download(url, partial, progress)
-    if entry.md5_prefix:
-        digest = md5_of(partial)
-        if not digest.startswith(entry.md5_prefix):
-            partial.unlink()
-            raise MaeconvError(f"{url}: md5 {digest[:6]}... does not match the published {entry.md5_prefix}; "
-                               "file refused and removed")
-    os.replace(partial, target)
+    with _locked(partial, name, limits.deadline_s, log) as out:
+        if target.exists() and not force:
+            return target  # another process finished it while this one waited for the lock
+        url = url_of(name)
+        if log:
+            log(f"downloading {name} from {url}")
+        _download_verified(url, entry, out, partial, limits, progress, log)
+        os.replace(partial, target)
     return target
 
 
-def _download(url: str, partial: Path, progress=None) -> None:
-    have = partial.stat().st_size if partial.exists() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+def _download_verified(url: str, entry: Official, out: BinaryIO, partial: Path, limits: Limits,
+                       progress, log) -> None:
+    """Brings the partial file to complete and verified, or raises with what became of it."""
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            resumed = response.status == 206
-            total = int(response.headers.get("Content-Length", 0)) + (have if resumed else 0)
-            if progress:
-                progress(total, have if resumed else 0)
-            with open(partial, "ab" if resumed else "wb") as out:
-                for chunk in iter(lambda: response.read(1 << 20), b""):
-                    out.write(chunk)
-                    if progress:
-                        progress(total, len(chunk))
-    except urllib.error.HTTPError as error:
-        if error.code == 416 and have:  # the partial file is already complete
-            return
-        raise MaeconvError(f"{url}: download failed (HTTP {error.code} {error.reason})") from None
-    except (urllib.error.URLError, OSError, TimeoutError) as error:
-        raise MaeconvError(f"{url}: download failed ({getattr(error, 'reason', error)}); "
-                           f"run the command again to resume") from None
+        download(url, out, limits, head_check(entry), progress, log)
+        _verify(partial, entry)
+    except DownloadError as error:
+        out.flush()
+        kept = 0 if error.drop else os.fstat(out.fileno()).st_size
+        if not kept:
+            partial.unlink(missing_ok=True)
+        fate = (f"{kept} bytes kept in {partial}; run the command again to resume" if kept
+                else "the file is removed" if error.drop else "nothing kept")
+        raise MaeconvError(f"{url}: {error}; {fate}") from None
+
+
+def _verify(partial: Path, entry: Official) -> None:
+    """The downloaded file is the entry: its published md5 prefix, and it parses as its preset and kind."""
+    from .pipeline import load_canonical
+
+    if entry.md5_prefix:
+        digest = md5_of(partial)
+        if not digest.startswith(entry.md5_prefix):
+            raise DownloadError(f"md5 {digest[:6]}... does not match the published {entry.md5_prefix}",
+                                drop=True)
+    try:
+        detected = load_canonical(partial).detected
+    except MaeconvError as error:
+        raise DownloadError(f"the file does not parse: {str(error).removeprefix(f'{partial}: ')}",
+                            drop=True) from None
+    except Exception as error:  # the bytes came from the network: whatever a reader trips on, they go
+        raise DownloadError(f"the file does not parse ({type(error).__name__})", drop=True) from None
+    expected = get_preset(entry.preset).name
+    if (detected.preset, detected.kind) != (expected, entry.kind):
+        raise DownloadError(f"holds a {detected.preset} {detected.kind} checkpoint, not the expected "
+                            f"{expected} {entry.kind}", drop=True)
+
+
+@contextmanager
+def _locked(partial: Path, name: str, wait_s: float, log) -> Iterator[BinaryIO]:
+    """The partial file, open and exclusively locked, so that two downloads of one name never write
+    into one file; an empty partial file is a leftover, not a start, and goes on the way out."""
+    out = _open_locked(partial, name, wait_s, log)
+    try:
+        yield out
+    finally:
+        out.flush()
+        if _is_file_at(out, partial) and os.fstat(out.fileno()).st_size == 0:
+            partial.unlink()
+        out.close()  # releases the lock
+
+
+def _open_locked(partial: Path, name: str, wait_s: float, log) -> BinaryIO:
+    """Waits (up to `wait_s`) while another download holds the partial file's lock."""
+    give_up = time.monotonic() + wait_s
+    waiting = False
+    while True:
+        out = os.fdopen(os.open(partial, os.O_RDWR | os.O_CREAT, 0o644), "r+b")
+        try:
+            fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            out.close()
+            if time.monotonic() > give_up:
+                raise MaeconvError(f"{name}: another download of it is still writing {partial} "
+                                   f"after {wait_s:g} s; try again when it ends") from None
+            if log and not waiting:
+                log(f"waiting for another download of {name} to finish")
+            waiting = True
+            time.sleep(0.1)
+            continue
+        if _is_file_at(out, partial):
+            return out
+        out.close()  # the holder renamed or removed it meanwhile: lock what the path holds now
+
+
+def _is_file_at(out: BinaryIO, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(out.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False

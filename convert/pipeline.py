@@ -75,10 +75,13 @@ def resolve(source: str | os.PathLike, log: Callable[[str], None] | None = None)
     path = Path(source)
     if path.exists():
         return path
-    from .hub import CHECKPOINTS, fetch
+    from .hub import CHECKPOINTS, did_you_mean, fetch
 
     if str(source) in CHECKPOINTS:
         return fetch(str(source), log=log)
+    suggestion = did_you_mean(str(source))
+    if suggestion:
+        raise MaeconvError(f"{source}: no such file or official checkpoint name{suggestion}")
     return path  # the reader reports the missing file
 
 
