@@ -6,7 +6,9 @@ import warnings
 
 from ..models.config import MAEConfig, get_preset
 from .checkpoints import TORCH
+from .errors import MaeconvError
 from .pipeline import load_canonical
+from .settings import SETTING_FIELDS
 from .twins import create_model, load_state, task_of
 
 
@@ -16,10 +18,8 @@ def from_pretrained(name_or_path: str | os.PathLike, framework: str = TORCH, **c
     The preset and kind are detected from the file. An encoder-only checkpoint gives the
     pretraining model with its decoder reported absent (a warning, and `model.decoder_absent`)."""
     loaded = load_canonical(name_or_path)
-    config = loaded.detected.config
-    if loaded.norm_pix_loss is not None:
-        config = config.replace(norm_pix_loss=loaded.norm_pix_loss)
-    config = config.replace(**config_overrides)
+    settings = {name: config_overrides.pop(name) for name in SETTING_FIELDS if name in config_overrides}
+    config = _checked(loaded.settings(**settings).config.replace(**config_overrides), name_or_path)
     model = create_model(config, task_of(loaded.detected.kind), framework)
     report = load_state(model, loaded.state, framework, str(name_or_path))
     model.decoder_absent = report.decoder_absent
@@ -48,4 +48,11 @@ class AutoModel:
             preset = get_preset(str(name_or_path))
         except KeyError:
             return from_pretrained(name_or_path, framework, **config_overrides)
-        return create_model(preset.config.replace(**config_overrides), preset.task, framework)
+        return create_model(_checked(preset.config.replace(**config_overrides), name_or_path), preset.task, framework)
+
+
+def _checked(config: MAEConfig, source) -> MAEConfig:
+    try:
+        return config.check()
+    except ValueError as error:
+        raise MaeconvError(f"{source}: {error}") from None

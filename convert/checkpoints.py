@@ -57,10 +57,11 @@ def sniff_format(path: Path) -> str:
         return HF_DIR
     with open(path, "rb") as f:
         head = f.read(9)
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-        return TORCH
+    # safetensors first: its 8-byte header length may well start with 0x80, a pickle's first byte.
     if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size:
         return SAFETENSORS
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return TORCH
     return SUFFIX_FORMATS.get(path.suffix.lower(), MINDSPORE)
 
 
@@ -193,7 +194,7 @@ def output_target(path: str | os.PathLike, fmt: str) -> Target:
 
 
 def _save_torch(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping, **read_back) -> dict[str, Verdict]:
-    torchzip.write(path, tensors)
+    torchzip.write(path, tensors, extras.get("args"))
     return {}  # nothing streamed is judged: write_verified compares the whole file afterwards
 
 
@@ -202,7 +203,7 @@ def _save_safetensors(path: Path, tensors: Mapping[str, TensorRef], extras: Mapp
 
 
 def _save_mindspore(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping, **read_back) -> dict[str, Verdict]:
-    return ckpt.write(path, tensors, **read_back)
+    return ckpt.write(path, tensors, extras.get("strings"), **read_back)
 
 
 # Each writes a file and returns the read-back verdicts of the tensors it streamed.

@@ -1,8 +1,10 @@
 """The `maeconv` command line: argument parsing and printing only; the work is in library functions."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -13,6 +15,7 @@ import click
 
 os.environ.setdefault("GLOG_v", "3")  # MindSpore's runtime warnings are noise on a terminal
 
+from ..models.config import ACTIVATION_NAMES, ALIASES, MAX_IMG_SIZE, PRESETS, PRETRAIN, get_preset  # noqa: E402
 from .checkpoints import FRAMEWORKS, MINDSPORE, TORCH  # noqa: E402
 from .errors import MaeconvError, one_line  # noqa: E402
 from .outputs import Interrupted, handle_signals  # noqa: E402
@@ -112,6 +115,64 @@ def _print_mapping(done, as_json):
                f"({done.format}, {done.scheme} names); nothing written")
 
 
+class Finite(click.ParamType):
+    """A finite number within optional bounds (click's FloatRange lets NaN through)."""
+
+    name = "number"
+
+    def __init__(self, low: float | None = None, high: float | None = None, low_open: bool = False,
+                 high_open: bool = False):
+        self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        too_low = self.low is not None and (number <= self.low if self.low_open else number < self.low)
+        too_high = self.high is not None and (number >= self.high if self.high_open else number > self.high)
+        if not math.isfinite(number) or too_low or too_high:
+            self.fail(f"{value!r} is not a finite number {self._bounds()}".rstrip(), param, ctx)
+        return number
+
+    def _bounds(self) -> str:
+        low = "" if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+        high = "" if self.high is None else f"{'<' if self.high_open else '<='} {self.high:g}"
+        return " and ".join(part for part in (low, high) if part)
+
+
+SEED = click.IntRange(0, 2**32 - 1)
+
+
+def _activation(ctx, param, value):
+    return None if value is None else ACTIVATION_NAMES[value]
+
+
+# Flags that override a model setting: absent unless given (then the file's, else the preset's).
+SETTING_OPTIONS = {
+    "norm_pix_loss": click.option("--norm-pix-loss/--no-norm-pix-loss", default=None,
+                                  help="Loss targets: normalised pixels or raw (default: what the file records, "
+                                       "else raw)."),
+    "mask_ratio": click.option("--mask-ratio", type=Finite(0, 1, high_open=True), default=None,
+                               help="Fraction of patches removed (default: the file's, else 0.75)."),
+    "norm_eps": click.option("--layer-norm-eps", "norm_eps", type=Finite(0, 1, low_open=True), default=None,
+                             help="LayerNorm epsilon (default: the file's, else 1e-6)."),
+    "activation": click.option("--hidden-act", "activation", type=click.Choice(sorted(ACTIVATION_NAMES)),
+                               default=None, callback=_activation,
+                               help="MLP activation (default: the file's, else exact gelu)."),
+}
+
+
+def with_settings(fn):
+    """Adds the setting flags; the command receives them as one `settings` dict."""
+    @functools.wraps(fn)
+    def command(*args, **kwargs):
+        return fn(*args, settings={name: kwargs.pop(name) for name in SETTING_OPTIONS}, **kwargs)
+    for option in reversed(SETTING_OPTIONS.values()):
+        command = option(command)
+    return command
+
+
 def with_options(options):
     def decorate(fn):
         for option in reversed(options):
@@ -155,21 +216,22 @@ _short_form("ms2torch", TORCH, "Convert a MindSpore .ckpt to a PyTorch checkpoin
 @click.option("--to", "scheme", type=click.Choice(SCHEME_CHOICES),
               help="Naming scheme of the output (default: the output format's own; a directory is hf).")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), help="Cast floating-point tensors.")
-@click.option("--img-size", type=click.IntRange(1), help="Resize pos_embed for another resolution (bicubic).")
+@click.option("--img-size", type=click.IntRange(1, MAX_IMG_SIZE),
+              help="Resize pos_embed for another resolution (bicubic); a multiple of the patch size.")
 @click.option("--kind", type=click.Choice(["classifier"]), help="Make a fine-tuning initialisation.")
 @click.option("--fc-norm-from-norm", is_flag=True, help="With --kind classifier: fc_norm copies the final norm.")
-@click.option("--norm-pix-loss/--no-norm-pix-loss", default=None,
-              help="Training targets recorded in an HF config (default: what the source says, else off).")
 @click.option("--keep-optimizer", is_flag=True, help="Carry optimizer state where the target can hold it.")
+@with_settings
 @with_options(common_options)
-def convert_command(src, dst, scheme, dtype, img_size, kind, fc_norm_from_norm, norm_pix_loss, keep_optimizer,
+def convert_command(src, dst, scheme, dtype, img_size, kind, fc_norm_from_norm, settings, keep_optimizer,
                     source_scheme, allow_unmapped, dry_run, force, as_json):
     """Convert between any formats and naming schemes: the output's suffix picks the format
-    (.pth/.bin torch, .safetensors, .ckpt MindSpore, no suffix: a Hugging Face directory)."""
+    (.pth/.bin torch, .safetensors, .ckpt MindSpore, no suffix: a Hugging Face directory). The
+    model's settings are carried into the output (config.json, metadata, the torch file's args)."""
     from .pipeline import Options
 
     options = Options(scheme=scheme, source_scheme=source_scheme, dtype=dtype, img_size=img_size, kind=kind,
-                      fc_norm_from_norm=fc_norm_from_norm, norm_pix_loss=norm_pix_loss,
+                      fc_norm_from_norm=fc_norm_from_norm, settings=settings,
                       allow_unmapped=allow_unmapped, keep_optimizer=keep_optimizer, dry_run=dry_run, force=force)
     _run_convert(src, dst, None, options, as_json)
 
@@ -186,8 +248,13 @@ def download(name, list_names, force, as_json):
     from .hub import CHECKPOINTS, cache_dir, fetch, url_of
 
     if list_names or not name:
-        for known, entry in sorted(CHECKPOINTS.items()):
-            click.echo(f"{known:32s} {entry.kind:10s} {entry.preset:24s} {url_of(known)}")
+        entries = [{"name": known, "kind": entry.kind, "preset": entry.preset, "url": url_of(known)}
+                   for known, entry in sorted(CHECKPOINTS.items())]
+        if as_json:
+            click.echo(json.dumps(entries, indent=2))
+            return
+        for row in entries:
+            click.echo(f"{row['name']:32s} {row['kind']:10s} {row['preset']:24s} {row['url']}")
         return
     bar = None
 
@@ -259,13 +326,12 @@ def _mode_option():
 @click.option("--noise", type=click.Path(dir_okay=False, path_type=Path),
               help="(N, L) .npy; the smallest values are the kept patches. Random if absent.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .npz.")
-@click.option("--mask-ratio", type=float, default=None, help="Default: the preset's 0.75.")
-@click.option("--norm-pix-loss", is_flag=True, help="Normalised-pixel targets (how *_full.pth were trained).")
+@with_settings
 @_framework_option()
 @_mode_option()
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def forward(checkpoint, images, noise, out, mask_ratio, norm_pix_loss, framework, mode, force, as_json):
+def forward(checkpoint, images, noise, out, settings, framework, mode, force, as_json):
     """Run the pretraining model and save loss, pred, mask, ids_restore, latent to an .npz."""
     import numpy as np
 
@@ -275,7 +341,7 @@ def forward(checkpoint, images, noise, out, mask_ratio, norm_pix_loss, framework
 
     check_target(out, force, inputs=[checkpoint, images, *([noise] if noise else [])])
     loaded = load_canonical(checkpoint)
-    config = loaded.detected.config.replace(norm_pix_loss=norm_pix_loss)
+    config = loaded.settings(**settings).config
     _require_full(loaded, checkpoint)
     imgs = _load_array(images, "--images").astype(np.float32, copy=False)
     expected = (config.in_chans, config.img_size, config.img_size)
@@ -289,7 +355,7 @@ def forward(checkpoint, images, noise, out, mask_ratio, norm_pix_loss, framework
             raise MaeconvError(f"{noise}: shape {noise_arr.shape}, expected ({imgs.shape[0]}, {config.num_patches})")
     framework = framework or loaded.framework
     model = build_model(loaded.state, config, framework, mode)
-    outputs = run_pretrain(model, framework, imgs, noise_arr, mask_ratio)
+    outputs = run_pretrain(model, framework, imgs, noise_arr)
     with staged(out, force=force, inputs=[checkpoint, images]) as stage, open(stage.path(), "wb") as f:
         np.savez(f, **outputs)
     if as_json:
@@ -311,26 +377,26 @@ def _require_full(loaded, checkpoint):
 
 @cli.command()
 @click.argument("checkpoint")
-@click.option("--batch", type=click.IntRange(1), default=2, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--norm-pix-loss", is_flag=True, help="Normalised-pixel targets in the loss.")
+@click.option("--batch", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@with_settings
 @_mode_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def parity(checkpoint, batch, seed, norm_pix_loss, mode, as_json):
+def parity(checkpoint, batch, seed, settings, mode, as_json):
     """Run both twins and the float64 reference on seeded inputs; non-zero exit on a failure."""
-    report = _parity_report(checkpoint, batch, seed, norm_pix_loss, mode)
+    report = _parity_report(checkpoint, batch, seed, settings, mode)
     click.echo(report.to_json() if as_json else report.to_text())
     if not report.passed:
         sys.exit(1)
 
 
-def _parity_report(checkpoint, batch=2, seed=0, norm_pix_loss=False, mode="graph"):
+def _parity_report(checkpoint, batch=2, seed=0, settings=None, mode="graph"):
     from ..models.config import CLASSIFIER, ENCODER
     from ..parity.twins import check_classifier, check_pretrain
     from .pipeline import load_canonical
 
     loaded = load_canonical(checkpoint)
-    config = loaded.detected.config.replace(norm_pix_loss=norm_pix_loss)
+    config = loaded.settings(**(settings or {})).config
     if loaded.detected.kind == CLASSIFIER:
         report = check_classifier(loaded.state, config, batch, seed, mode)
     else:
@@ -342,7 +408,8 @@ def _parity_report(checkpoint, batch=2, seed=0, norm_pix_loss=False, mode="graph
 @cli.command()
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
               help="Where the demo files go (default: a temporary directory, removed afterwards).")
-@click.option("--preset", default="mae_vit_base_patch16", show_default=True)
+@click.option("--preset", default="mae_vit_base_patch16", show_default=True,
+              type=click.Choice(sorted(name for name in [*PRESETS, *ALIASES] if get_preset(name).task == PRETRAIN)))
 @click.option("--json", "as_json", is_flag=True, help="Print the parity report as JSON.")
 def demo(workdir, preset, as_json):
     """Build an official-layout checkpoint (seeded random weights), convert it, prove parity."""
@@ -352,7 +419,10 @@ def demo(workdir, preset, as_json):
         with tempfile.TemporaryDirectory(prefix="maeconv-demo-") as tmp:
             report = run_demo(Path(tmp), preset, say)
     else:
-        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise MaeconvError(f"{workdir}: cannot create the work directory ({error.strerror or error})") from None
         report = run_demo(workdir, preset, say)
     click.echo(report.to_json() if as_json else report.to_text())
     if not report.passed:
@@ -376,23 +446,21 @@ TASK_NAMES = ("pretrain", "features", "classify")
 
 def _export_options(fn):
     options = [
-        click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path)),
+        click.argument("checkpoint"),
         click.argument("out", type=click.Path(dir_okay=False, path_type=Path)),
         click.option("--task", required=True, type=click.Choice(TASK_NAMES),
                      help="pretrain: (images, noise) -> loss, pred, mask; features: images -> tokens, pooled; "
                           "classify: images -> logits."),
-        click.option("--atol", type=float, default=None,
+        click.option("--atol", type=Finite(0), default=None,
                      help="Validation tolerance per output (default 1e-4 ONNX, 1e-5 MindIR)."),
-        click.option("--norm-pix-loss/--no-norm-pix-loss", default=None,
-                     help="pretrain: loss target (default: what the checkpoint's args record, else raw pixels)."),
-        click.option("--seed", type=int, default=None, help="Seed of the validation inputs (default: fresh)."),
+        click.option("--seed", type=SEED, default=None, help="Seed of the validation inputs (default: fresh)."),
         click.option("--keep-invalid", is_flag=True, help="Keep the file even if validation fails (exit 1)."),
         click.option("--force", is_flag=True, help="Overwrite an existing output."),
         click.option("--json", "as_json", is_flag=True, help="Print the validation report as JSON."),
     ]
     for option in reversed(options):
         fn = option(fn)
-    return fn
+    return with_settings(fn)
 
 
 def _export(fmt, checkpoint, out, task, as_json, **options):
@@ -422,8 +490,9 @@ def export_group():
               help="Dynamic int8 (features, classify); validated by cosine similarity and top-1 agreement.")
 @click.option("--optimize", is_flag=True,
               help="Store the graph fused by onnxruntime's transformer optimizer (SkipLayerNorm, BiasGelu).")
-@click.option("--min-cosine", type=float, default=0.99, show_default=True, help="int8: lowest cosine similarity.")
-@click.option("--min-top1", type=float, default=0.75, show_default=True, help="int8: lowest top-1 agreement.")
+@click.option("--min-cosine", type=Finite(-1, 1), default=0.99, show_default=True,
+              help="int8: lowest cosine similarity.")
+@click.option("--min-top1", type=Finite(0, 1), default=0.75, show_default=True, help="int8: lowest top-1 agreement.")
 def export_onnx(checkpoint, out, task, as_json, **options):
     """From the torch twin; opset 18, dynamic batch axis, run with onnxruntime."""
     _export("onnx", checkpoint, out, task, as_json, **options)
@@ -437,7 +506,7 @@ def export_mindir(checkpoint, out, task, as_json, **options):
 
 
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model")
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--runtime", type=click.Choice(["torch", "mindspore", "onnx", "mindir"]), default=None,
               help="Default: onnx for .onnx, mindir for .mindir, torch for a checkpoint.")
@@ -445,13 +514,12 @@ def export_mindir(checkpoint, out, task, as_json, **options):
               help="Directory for the pictures (default: the working directory).")
 @click.option("--noise", type=click.Path(dir_okay=False, path_type=Path),
               help="(N, L) or (L,) .npy; the smallest values are the kept patches.")
-@click.option("--seed", type=int, default=None, help="Seed of the mask noise (default: fresh, printed).")
-@click.option("--norm-pix-loss/--no-norm-pix-loss", default=None,
-              help="Whether the model predicts normalised patches (default: the checkpoint's args, else no).")
+@click.option("--seed", type=SEED, default=None, help="Seed of the mask noise (default: fresh, printed).")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), help="Class names, one per line.")
 @click.option("--force", is_flag=True, help="Overwrite existing pictures.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def predict(model, images, runtime, out_dir, noise, seed, norm_pix_loss, labels, force, as_json):
+@with_settings
+def predict(model, images, runtime, out_dir, noise, seed, settings, labels, force, as_json):
     """Reconstruction pictures (original | masked | reconstruction | pasted) for a pretraining
     model, or the top-5 classes for a classifier."""
     import secrets
@@ -462,14 +530,15 @@ def predict(model, images, runtime, out_dir, noise, seed, norm_pix_loss, labels,
     noise_array = _load_array(noise, "--noise") if noise is not None else None
     if noise_array is None and seed is None:
         seed = secrets.randbelow(2**31)
-    done = run_predict(model, images, runtime, out_dir, noise_array, str(noise), seed, norm_pix_loss, force, say)
+    done = run_predict(model, images, runtime, out_dir, noise_array, str(noise), seed, settings, force,
+                       names, str(labels), say)
     if as_json:
         click.echo(json.dumps({"task": done.task, "runtime": done.runtime, "written": [str(p) for p in done.written],
                                "top5": done.top5, "seed": seed if noise is None else None}))
         return
     if done.task == "classify":
         for image, top in zip(images, done.top5):
-            ranked = ", ".join(f"{names[k] if names and k < len(names) else k} {p:.3f}" for k, p in top)
+            ranked = ", ".join(f"{names[k] if names else k} {p:.3f}" for k, p in top)
             click.echo(f"{image}: {ranked}")
         return
     for path in done.written:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Callable
@@ -18,6 +18,7 @@ from .checkpoints import HF_DIR, MINDSPORE, SAFETENSORS, SUFFIX_FORMATS, TORCH, 
 from .detect import Detected, detect
 from .errors import MaeconvError
 from .outputs import check_target
+from .settings import BY_NAME, Resolved, recorded_settings, resolve_settings, settings_record
 from .schemes import (FACEBOOK, HF, MINDSPORE as MINDSPORE_SCHEME, SCHEMES, MappingError, Scheme, Step,
                       apply_from_canonical, apply_to_canonical, get_scheme)
 from .tensors import TensorRef
@@ -49,6 +50,7 @@ class Loaded:
     detected: Detected
     skipped: list[str]          # optimizer and training state, not part of the model
     unmapped: list[str] = field(default_factory=list)  # left out on request (--allow-unmapped)
+    recorded: dict = field(default_factory=dict)       # the settings the file records
 
     @cached_property
     def state(self) -> dict[str, np.ndarray]:
@@ -61,13 +63,9 @@ class Loaded:
         mindspore_family = self.scheme.name in ("mindspore", "mindformers")
         return MINDSPORE if self.checkpoint.format == MINDSPORE or mindspore_family else TORCH
 
-    @property
-    def norm_pix_loss(self) -> bool | None:
-        """What the file says about its training targets, if anything."""
-        if "norm_pix_loss" in self.checkpoint.metadata:
-            return bool(self.checkpoint.metadata["norm_pix_loss"])
-        args = self.checkpoint.extras.get("args")
-        return getattr(args, "norm_pix_loss", None) if args is not None else None
+    def settings(self, **flags) -> Resolved:
+        """The config to run this checkpoint with: flags (None: not given) > the file > the preset."""
+        return resolve_settings(self.detected.config, self.recorded, str(self.checkpoint.path), **flags)
 
 
 def resolve(source: str | os.PathLike, log: Callable[[str], None] | None = None) -> Path:
@@ -99,9 +97,12 @@ def load_canonical(source: str | os.PathLike, scheme: str | None = None, allow_u
     failures = []
     for candidate in candidates:
         try:
-            return _load_with(candidate, checkpoint, names, skipped, allow_unmapped, path)
+            loaded = _load_with(candidate, checkpoint, names, skipped, allow_unmapped, path)
         except (MappingError, MaeconvError) as error:
             failures.append((candidate, str(error).removeprefix(f"{path}: ")))
+            continue
+        loaded.recorded = recorded_settings(checkpoint, loaded.detected.config)
+        return loaded
     if len(failures) == 1:
         raise MaeconvError(f"{path}: {failures[0][1]}")
     # The scheme that got furthest (mapped every name) explains best what is wrong.
@@ -177,7 +178,7 @@ class Options:
     img_size: int | None = None
     kind: str | None = None            # "classifier": a fine-tuning initialisation
     fc_norm_from_norm: bool = False
-    norm_pix_loss: bool | None = None  # for the HF config; default: what the source says
+    settings: dict = field(default_factory=dict)  # MAEConfig field -> value; None or absent: the source's
     allow_unmapped: bool = False
     keep_optimizer: bool = False
     dry_run: bool = False
@@ -209,6 +210,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, fmt: str | No
     if loaded.unmapped:
         notes.append(f"left out {len(loaded.unmapped)} names that map nowhere: {', '.join(loaded.unmapped[:5])}")
     refs, detected = transforms.apply(loaded, options, notes)
+    recorded = {k: v for k, v in loaded.recorded.items() if k != "img_size"}  # the weights fix it
+    settings = resolve_settings(detected.config, recorded, str(loaded.checkpoint.path), **options.settings)
+    detected = replace(detected, config=settings.config)
     try:
         plan = target.plan_from_canonical(refs)
     except MappingError as error:
@@ -243,9 +247,10 @@ def mapping_table(loaded: Loaded, target_plan: list[Step], refs: dict[str, Tenso
 
 
 def describe(source: str | os.PathLike, scheme: str | None = None) -> dict:
-    """What `maeconv inspect` prints: format, scheme, kind, preset, counts and dtypes."""
+    """What `maeconv inspect` prints: format, scheme, kind, preset, settings, counts and dtypes."""
     loaded = load_canonical(source, scheme)
     refs = loaded.refs
+    settings = loaded.settings()
     return {
         "file": str(loaded.checkpoint.path),
         "format": loaded.checkpoint.format,
@@ -257,7 +262,9 @@ def describe(source: str | os.PathLike, scheme: str | None = None) -> dict:
         "parameters": int(sum(ref.size for ref in refs.values())),
         "bytes": int(sum(ref.nbytes for ref in refs.values())),
         "dtypes": dict(Counter(ref.dtype.name for ref in refs.values())),
-        "norm_pix_loss": loaded.norm_pix_loss,
+        "norm_pix_loss": settings.config.norm_pix_loss,
+        "settings": {name: {"value": value, "from": settings.sources[BY_NAME[name].field]}
+                     for name, value in settings_record(settings.config).items()},
         "extras": sorted(map(str, loaded.checkpoint.extras)),
         "training_state": len(loaded.skipped),
     }

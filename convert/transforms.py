@@ -16,6 +16,8 @@ DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 def apply(loaded, options, notes: list[str]) -> tuple[dict[str, TensorRef], Detected]:
     refs, detected = dict(loaded.refs), loaded.detected
+    if options.fc_norm_from_norm and options.kind != CLASSIFIER:
+        raise MaeconvError("--fc-norm-from-norm goes with --kind classifier")
     if options.kind == CLASSIFIER and detected.kind != CLASSIFIER:
         refs, detected = to_classifier(refs, detected, options.fc_norm_from_norm, notes)
     elif options.kind not in (None, detected.kind):
@@ -65,9 +67,11 @@ def resize_positions(refs: dict[str, TensorRef], detected: Detected, img_size: i
     """pos_embed resized for another resolution the reference way (2-D bicubic, cls row kept);
     the decoder's fixed sin-cos table rebuilt for the new grid, as the reference model builds it."""
     config = detected.config
-    if img_size % config.patch_size:
-        raise MaeconvError(f"--img-size {img_size} is not a multiple of the patch size {config.patch_size}")
     new = config.replace(img_size=img_size)
+    try:
+        new.check()  # before any table of the new size is planned
+    except ValueError as error:
+        raise MaeconvError(f"--img-size {img_size}: {error}") from None
     refs = dict(refs)
     source = refs["pos_embed"]
     refs["pos_embed"] = TensorRef(source.dtype, (1, 1 + new.num_patches, config.embed_dim),
@@ -76,7 +80,8 @@ def resize_positions(refs: dict[str, TensorRef], detected: Detected, img_size: i
                  "(bicubic, cls row kept)")
     if "decoder_pos_embed" in refs:
         dtype = refs["decoder_pos_embed"].dtype
-        refs["decoder_pos_embed"] = TensorRef.of(sincos_2d(config.decoder_embed_dim, new.grid_size)[None].astype(dtype))
+        refs["decoder_pos_embed"] = TensorRef(dtype, (1, 1 + new.num_patches, config.decoder_embed_dim),
+                                              lambda: sincos_2d(config.decoder_embed_dim, new.grid_size)[None].astype(dtype))
         notes.append("decoder_pos_embed rebuilt as the fixed sin-cos table of the new grid")
     return refs, Detected(detected.preset, detected.kind, new)
 

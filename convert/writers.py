@@ -7,9 +7,10 @@ from typing import Callable, Mapping
 
 
 from ..models.config import ENCODER, MAEConfig
-from .checkpoints import HF_DIR, MINDSPORE, SAFETENSORS, output_target, write_checkpoint, write_verified
+from .checkpoints import HF_DIR, MINDSPORE, SAFETENSORS, TORCH, output_target, write_checkpoint, write_verified
 from .errors import MaeconvError
 from .outputs import staged
+from .settings import RECORD_KEY, args_record, settings_record
 from .schemes import MINDFORMERS, MINDSPORE as MINDSPORE_SCHEME, Scheme, apply_from_canonical, apply_to_canonical
 from .tensors import TensorRef
 
@@ -17,8 +18,9 @@ from .tensors import TensorRef
 NAMED_OPTIMIZER_SCHEMES = (MINDSPORE_SCHEME, MINDFORMERS)
 
 
-def hf_config(config: MAEConfig, kind: str, norm_pix_loss: bool) -> dict:
-    """config.json of transformers' ViTMAE; layer_norm_eps is the weights' own 1e-6 (Hub files say 1e-12)."""
+def hf_config(config: MAEConfig, kind: str) -> dict:
+    """config.json of transformers' ViTMAE, with the model's settings (layer_norm_eps: the reference's
+    1e-6 unless the source said otherwise; Hub files say 1e-12)."""
     return {
         "architectures": ["ViTMAEModel" if kind == ENCODER else "ViTMAEForPreTraining"],
         "model_type": "vit_mae",
@@ -33,35 +35,43 @@ def hf_config(config: MAEConfig, kind: str, norm_pix_loss: bool) -> dict:
         "decoder_num_hidden_layers": config.decoder_depth,
         "decoder_num_attention_heads": config.decoder_num_heads,
         "decoder_intermediate_size": int(config.decoder_embed_dim * config.mlp_ratio),
-        "hidden_act": "gelu",
         "hidden_dropout_prob": 0.0,
         "attention_probs_dropout_prob": 0.0,
         "initializer_range": 0.02,
-        "layer_norm_eps": config.norm_eps,
         "qkv_bias": True,
-        "mask_ratio": config.mask_ratio,
-        "norm_pix_loss": bool(norm_pix_loss),
+        **settings_record(config),
     }
 
 
 def write(dst: Path, tensors: dict[str, TensorRef], fmt: str, target: Scheme, detected, loaded, options,
           progress: Callable[[int], None] | None = None) -> list[str]:
-    """Writes and verifies; returns the names of tensors holding NaN or Inf (written as they are)."""
+    """Writes and verifies, the settings of `detected.config` recorded the way the format can;
+    returns the names of tensors holding NaN or Inf (written as they are)."""
     nonfinite: list[str] = []
-    metadata = {"format": "ms" if target in NAMED_OPTIMIZER_SCHEMES else "pt"}
     inputs = [loaded.checkpoint.path]
     if fmt != HF_DIR:
-        write_checkpoint(dst, tensors, fmt, options.force, {"metadata": metadata}, progress, nonfinite, inputs)
+        extras = settings_extras(fmt, target, detected.config)
+        write_checkpoint(dst, tensors, fmt, options.force, extras, progress, nonfinite, inputs)
         return nonfinite
-    norm_pix_loss = options.norm_pix_loss if options.norm_pix_loss is not None else loaded.norm_pix_loss
     with staged(output_target(dst, HF_DIR), force=options.force, inputs=inputs) as stage:
         folder = stage.path()
         folder.mkdir()
-        (folder / "config.json").write_text(json.dumps(hf_config(detected.config, detected.kind, norm_pix_loss),
-                                                       indent=2) + "\n")
+        (folder / "config.json").write_text(json.dumps(hf_config(detected.config, detected.kind), indent=2) + "\n")
         write_verified(folder / "model.safetensors", tensors, SAFETENSORS, {"metadata": {"format": "pt"}},
                        progress, nonfinite, shown_as=dst)
     return nonfinite
+
+
+def settings_extras(fmt: str, target: Scheme, config: MAEConfig) -> dict:
+    """What a file holds beside its tensors: the model's settings where the format can keep them
+    (torch: a plain 'args' dict, loadable with weights_only; safetensors: metadata; .ckpt: a
+    string entry), and the framework tag safetensors readers look for."""
+    record = json.dumps(settings_record(config))
+    if fmt == TORCH:
+        return {"args": args_record(config)}
+    if fmt == SAFETENSORS:
+        return {"metadata": {"format": "ms" if target in NAMED_OPTIMIZER_SCHEMES else "pt", RECORD_KEY: record}}
+    return {"strings": {RECORD_KEY: record}}
 
 
 def carry_optimizer(loaded, target: Scheme, fmt: str, refs: Mapping[str, TensorRef], notes: list[str]) -> dict:

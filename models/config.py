@@ -2,10 +2,19 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 PRETRAIN = "pretrain"
 CLASSIFY = "classify"
+
+# The MLP activations both twins compute: the reference's exact (erf) GELU, and the tanh
+# approximation some Hub configs name. ACTIVATION_NAMES maps the names configs use to them.
+GELU, GELU_TANH = "gelu", "gelu_tanh"
+ACTIVATION_NAMES = {"gelu": GELU, "gelu_python": GELU, "gelu_tanh": GELU_TANH, "gelu_new": GELU_TANH,
+                    "gelu_pytorch_tanh": GELU_TANH, "gelu_fast": GELU_TANH}
+# A position table beyond this many pixels a side is a typo, not a model (and would not fit in memory).
+MAX_IMG_SIZE = 2048
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,7 @@ class MAEConfig:
     global_pool: bool = True
     # Stochastic depth of the encoder blocks, rising linearly to this rate (fine-tuning only).
     drop_path_rate: float = 0.0
+    activation: str = GELU
 
     @property
     def grid_size(self) -> int:
@@ -49,6 +59,29 @@ class MAEConfig:
 
     def replace(self, **changes) -> "MAEConfig":
         return dataclasses.replace(self, **changes)
+
+    def check(self) -> "MAEConfig":
+        """Itself, or a ValueError naming the first setting the twins cannot run."""
+        for problem in _problems(self):
+            raise ValueError(problem)
+        return self
+
+
+def _problems(cfg: MAEConfig):
+    if not (isinstance(cfg.img_size, int) and cfg.patch_size <= cfg.img_size <= MAX_IMG_SIZE
+            and cfg.img_size % cfg.patch_size == 0):
+        yield (f"image size {cfg.img_size!r}: expected a multiple of the patch size {cfg.patch_size} "
+               f"up to {MAX_IMG_SIZE}")
+    if not (isinstance(cfg.norm_eps, float) and math.isfinite(cfg.norm_eps) and 0 < cfg.norm_eps < 1):
+        yield f"layer_norm_eps {cfg.norm_eps!r}: expected a number between 0 and 1"
+    if cfg.activation not in ACTIVATION_NAMES.values():
+        yield f"activation {cfg.activation!r}: the twins compute {', '.join(sorted(ACTIVATION_NAMES))}"
+    if not (isinstance(cfg.mask_ratio, float) and 0 <= cfg.mask_ratio < 1) or \
+            not 1 <= int(cfg.num_patches * (1 - cfg.mask_ratio)) < cfg.num_patches:
+        yield (f"mask ratio {cfg.mask_ratio!r}: expected a number in [0, 1) that keeps at least one of the "
+               f"{cfg.num_patches} patches and removes at least one")
+    if not isinstance(cfg.norm_pix_loss, bool):
+        yield f"norm_pix_loss {cfg.norm_pix_loss!r}: expected true or false"
 
 
 def drop_path_rates(cfg: MAEConfig) -> list[float]:

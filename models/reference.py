@@ -10,7 +10,7 @@ from typing import Mapping
 import numpy as np
 from scipy.special import erf
 
-from .config import MAEConfig
+from .config import GELU, GELU_TANH, MAEConfig
 
 State = Mapping[str, np.ndarray]
 
@@ -40,7 +40,9 @@ def linear(x: np.ndarray, sd: State, name: str) -> np.ndarray:
     return x @ np.asarray(sd[f"{name}.weight"], np.float64).T + sd[f"{name}.bias"]
 
 
-def gelu(x: np.ndarray) -> np.ndarray:
+def gelu(x: np.ndarray, activation: str = GELU) -> np.ndarray:
+    if activation == GELU_TANH:
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
     return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
 
 
@@ -57,12 +59,12 @@ def attention(x: np.ndarray, sd: State, name: str, num_heads: int) -> np.ndarray
     return linear((attn @ v).transpose(0, 2, 1, 3).reshape(n, t, d), sd, f"{name}.proj")
 
 
-def block(x: np.ndarray, sd: State, name: str, num_heads: int, eps: float) -> np.ndarray:
+def block(x: np.ndarray, sd: State, name: str, num_heads: int, eps: float, activation: str = GELU) -> np.ndarray:
     def norm(h, which):
         return layer_norm(h, sd[f"{name}.{which}.weight"], sd[f"{name}.{which}.bias"], eps)
 
     x = x + attention(norm(x, "norm1"), sd, f"{name}.attn", num_heads)
-    mlp = linear(gelu(linear(norm(x, "norm2"), sd, f"{name}.mlp.fc1")), sd, f"{name}.mlp.fc2")
+    mlp = linear(gelu(linear(norm(x, "norm2"), sd, f"{name}.mlp.fc1"), activation), sd, f"{name}.mlp.fc2")
     return x + mlp
 
 
@@ -94,7 +96,7 @@ def prepend_cls(x, sd: State):
 
 def encoder_blocks(x, sd: State, cfg: MAEConfig):
     for i in range(cfg.depth):
-        x = block(x, sd, f"blocks.{i}", cfg.num_heads, cfg.norm_eps)
+        x = block(x, sd, f"blocks.{i}", cfg.num_heads, cfg.norm_eps, cfg.activation)
     return x
 
 
@@ -114,7 +116,7 @@ def forward_decoder(latent, ids_restore, sd: State, cfg: MAEConfig):
     tokens = np.take_along_axis(tokens, ids_restore[..., None], axis=1)
     x = np.concatenate([x[:, :1, :], tokens], axis=1) + sd["decoder_pos_embed"]
     for i in range(cfg.decoder_depth):
-        x = block(x, sd, f"decoder_blocks.{i}", cfg.decoder_num_heads, cfg.norm_eps)
+        x = block(x, sd, f"decoder_blocks.{i}", cfg.decoder_num_heads, cfg.norm_eps, cfg.activation)
     x = layer_norm(x, sd["decoder_norm.weight"], sd["decoder_norm.bias"], cfg.norm_eps)
     return linear(x, sd, "decoder_pred")[:, 1:, :]
 

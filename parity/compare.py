@@ -83,7 +83,8 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        return all(row.passed for row in self.rows)
+        """Every comparison passed; a report that compared nothing proves nothing and fails."""
+        return bool(self.rows) and all(row.passed for row in self.rows)
 
     def to_json(self) -> str:
         return json.dumps({"title": self.title, "passed": self.passed, "rows": [asdict(r) for r in self.rows],

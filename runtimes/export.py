@@ -11,6 +11,7 @@ from ..convert.checkpoints import MINDSPORE, TORCH
 from ..convert.errors import MaeconvError
 from ..convert.outputs import check_target, staged
 from ..convert.pipeline import load_canonical
+from ..convert.settings import BY_NAME, FILE, FLAG, PRESET, settings_record
 from ..models.config import PRETRAIN
 from ..parity.compare import Report
 from .runners import MINDIR, ONNX
@@ -41,22 +42,16 @@ class Exported:
     notes: list[str] = field(default_factory=list)
 
 
-def norm_pix_of(loaded) -> bool | None:
-    """What the reference training code recorded in the checkpoint's 'args', if anything."""
-    value = getattr(loaded.checkpoint.extras.get("args"), "norm_pix_loss", None)
-    return value if isinstance(value, bool) else None
-
-
 def export(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str, task_name: str, *,
            atol: float | None = None, quantize: str | None = None, optimize: bool = False,
            min_cosine: float = MIN_COSINE, min_top1: float = MIN_TOP1, keep_invalid: bool = False,
-           force: bool = False, norm_pix_loss: bool | None = None, batches: Sequence[int] = BATCHES,
+           force: bool = False, settings: dict | None = None, batches: Sequence[int] = BATCHES,
            seed: int | None = None, log: Callable[[str], None] = lambda _: None) -> Exported:
     out = Path(out)
     if fmt not in FORMATS:
         raise MaeconvError(f"{out}: unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    if fmt == MINDIR and out.suffix != ".mindir":
-        raise MaeconvError(f"{out}: a MindIR file name must end in .mindir (MindSpore appends it otherwise)")
+    if out.suffix.lower() != f".{fmt}":
+        raise MaeconvError(f"{out}: {'an ONNX' if fmt == ONNX else 'a MindIR'} file name must end in .{fmt}")
     check_target(out, force, inputs=[checkpoint])
     task = get_task(task_name)
     if quantize and fmt != ONNX:
@@ -68,13 +63,9 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str, task
     loaded = load_canonical(checkpoint)
     detected = loaded.detected
     check_kind(task, detected.kind, str(checkpoint))
-    notes = []
-    config = detected.config
-    if task.name == PRETRAIN:
-        recorded = norm_pix_of(loaded)
-        norm_pix = norm_pix_loss if norm_pix_loss is not None else bool(recorded)
-        config = config.replace(norm_pix_loss=norm_pix)
-        notes.append(_loss_target_note(norm_pix, norm_pix_loss, recorded))
+    resolved = loaded.settings(**(settings or {}))
+    config = resolved.config
+    notes = [settings_note(resolved)]
     from .runners import twin_runner
 
     log(f"building the {SOURCE_TWIN[fmt]} twin ({detected.preset}, {detected.kind}) for task {task.name}")
@@ -106,13 +97,12 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str, task
     return Exported(out, fmt, task.name, detected.preset, detected.kind, precision, report, notes)
 
 
-def _loss_target_note(norm_pix: bool, requested: bool | None, recorded: bool | None) -> str:
-    target = "normalised pixels (norm_pix_loss)" if norm_pix else "raw pixels"
-    if requested is not None:
-        return f"loss target: {target}, as requested"
-    if recorded is not None:
-        return f"loss target: {target}, as the checkpoint's args record"
-    return f"loss target: {target} (the checkpoint records no args; --norm-pix-loss for *_full.pth files)"
+def settings_note(resolved) -> str:
+    """The settings a graph was built with, and where each came from."""
+    told = {FLAG: "given", FILE: "from the checkpoint", PRESET: "preset default"}
+    shown = ", ".join(f"{name} {value} ({told[resolved.sources[BY_NAME[name].field]]})"
+                      for name, value in settings_record(resolved.config).items())
+    return f"settings: {shown}"
 
 
 def _write_onnx(source, tmp: Path, info, quantize, optimize, notes, log):

@@ -30,7 +30,9 @@ def test_torch_to_mindspore_and_back_is_bit_identical(tmp_path, tiny_pth, tiny_s
     ms_names = set(read_checkpoint(ckpt).tensors)
     assert "blocks.0.norm1.gamma" in ms_names and "blocks.0.norm1.weight" not in ms_names
     obj = torch.load(back, weights_only=True)
-    assert list(obj) == ["model"]
+    assert list(obj) == ["model", "args"]  # the settings ride along, as plain values weights_only loads
+    assert obj["args"] == {"norm_pix_loss": True, "layer_norm_eps": 1e-6, "hidden_act": "gelu", "mask_ratio": 0.75,
+                           "input_size": 32}
     assert list(obj["model"]) == list(tiny_state)
     for name, value in tiny_state.items():
         restored = obj["model"][name].numpy()
@@ -66,14 +68,15 @@ def test_inspect_mindspore_file(tmp_path, tiny_pth):
 
 
 @pytest.mark.parametrize("framework", ["torch", "mindspore"])
-def test_forward_saves_reference_outputs(tmp_path, tiny_pth, tiny_state, framework):
-    config = get_config(TINY)
+@pytest.mark.parametrize("flag, norm_pix_loss", [((), True), (("--no-norm-pix-loss",), False)])
+def test_forward_saves_reference_outputs(tmp_path, tiny_pth, tiny_state, framework, flag, norm_pix_loss):
+    config = get_config(TINY, norm_pix_loss=norm_pix_loss)  # the file's args say True; a flag overrides them
     images, noise = parity_inputs(config, batch=2, seed=5)
     np.save(tmp_path / "x.npy", images)
     np.save(tmp_path / "n.npy", noise)
     out = tmp_path / "out.npz"
     result = run("forward", tiny_pth, "--images", tmp_path / "x.npy", "--noise", tmp_path / "n.npy",
-                 "--out", out, "--framework", framework)
+                 "--out", out, "--framework", framework, *flag)
     assert result.exit_code == 0, result.output
     saved = np.load(out)
     expected = reference.mae_forward(images, tiny_state, config, noise)

@@ -258,6 +258,13 @@ def test_names_with_control_characters_are_escaped_in_errors(tmp_path):
 
 
 def test_export_and_forward_refuse_to_overwrite_their_input(tmp_path, tiny_pth):
+    (tmp_path / "alias.onnx").symlink_to(tiny_pth)
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 32, 32), np.float32))
     before = snapshot(tmp_path)
-    fails(run("export", "onnx", tiny_pth, tiny_pth, "--task", "features", "--force"), "overwrite the input")
+    fails(run("export", "onnx", tiny_pth, tmp_path / "alias.onnx", "--task", "features", "--force"),
+          "overwrite the input")
+    fails(run("forward", tiny_pth, "--images", tmp_path / "x.npy", "--out", tmp_path / "x.npy", "--force"),
+          "overwrite the input")
     assert snapshot(tmp_path) == before

@@ -9,6 +9,7 @@ of rows and the full dims; readers concatenate them. dims [0] marks a scalar.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import BinaryIO, Iterator, Mapping
@@ -199,10 +200,19 @@ def _value_head(tag: str, shape: tuple, type_name: str, content_length: int) -> 
     return _length_delimited(1, len(value_head) + tensor_length) + value_head + tensor_head
 
 
-def write(path: Path, tensors: Mapping[str, TensorRef], **read_back) -> dict[str, Verdict]:
-    """Writes the tensors in order; each stored in one piece is read back as it goes (see
+def write(path: Path, tensors: Mapping[str, TensorRef], strings: Mapping[str, str] | None = None,
+          **read_back) -> dict[str, Verdict]:
+    """Writes the tensors in order, then `strings` as MindSpore writes its string entries (dims [0],
+    type "str", UTF-32); each tensor stored in one piece is read back as it goes (see
     `write_stream`, which takes `read_back`'s options) and gets a verdict."""
-    return write_stream(path, _pieces(tensors), sum(ref.nbytes for ref in tensors.values()), **read_back)
+    pieces = itertools.chain(_pieces(tensors), _string_pieces(strings or {}))
+    return write_stream(path, pieces, sum(ref.nbytes for ref in tensors.values()), **read_back)
+
+
+def _string_pieces(strings: Mapping[str, str]) -> Iterator[Piece]:
+    for tag, text in strings.items():
+        content = text.encode("utf-32-le")
+        yield _value_head(tag, (), "str", len(content)) + content
 
 
 def _pieces(tensors: Mapping[str, TensorRef]) -> Iterator[Piece]:

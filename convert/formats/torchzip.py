@@ -148,14 +148,15 @@ RECORDS_BEFORE = {".format_version": b"1", ".storage_alignment": str(ALIGNMENT).
 RECORDS_AFTER = {"version": b"3\n"}
 
 
-def write(path: Path, tensors: Mapping[str, TensorRef]) -> None:
-    """Writes {'model': state_dict} as torch.save lays it out: a zip of data.pkl and one stored,
-    aligned entry per tensor. Tensor bytes stream in from their source files, one chunk at a time,
-    so memory stays near one chunk. Nothing is read back while writing: the caller compares the
-    whole file afterwards."""
+def write(path: Path, tensors: Mapping[str, TensorRef], args: Mapping[str, object] | None = None) -> None:
+    """Writes {'model': state_dict, 'args': {...}} as torch.save lays it out: a zip of data.pkl and
+    one stored, aligned entry per tensor. `args` is a plain dict of strings, numbers and booleans
+    (not the reference's argparse.Namespace, which torch.load(weights_only=True) refuses). Tensor
+    bytes stream in from their source files, one chunk at a time, so memory stays near one chunk.
+    Nothing is read back while writing: the caller compares the whole file afterwards."""
     with open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
         reserve(f, sum(ref.nbytes for ref in tensors.values()))
-        _add(archive, "data.pkl", _state_dict_pickle(tensors))
+        _add(archive, "data.pkl", _state_dict_pickle(tensors, args))
         for name, data in RECORDS_BEFORE.items():
             _add(archive, name, data)
         for key, ref in enumerate(tensors.values()):
@@ -184,9 +185,10 @@ def _aligned_entry(archive: zipfile.ZipFile, name: str, size: int) -> zipfile.Zi
     return info
 
 
-def _state_dict_pickle(tensors: Mapping[str, TensorRef]) -> bytes:
-    """The pickle torch.save writes for {'model': OrderedDict(name: tensor)}, opcode by opcode (so
-    writing needs no torch): each tensor is a _rebuild_tensor_v2 call on storage `data/<index>`."""
+def _state_dict_pickle(tensors: Mapping[str, TensorRef], args: Mapping[str, object] | None = None) -> bytes:
+    """The pickle torch.save writes for {'model': OrderedDict(name: tensor), 'args': {...}}, opcode
+    by opcode (so writing needs no torch): each tensor is a _rebuild_tensor_v2 call on storage
+    `data/<index>`."""
     out = bytearray(b"\x80\x02}")  # PROTO 2, EMPTY_DICT
     out += _text("model") + _global("collections", "OrderedDict") + b")R("  # OrderedDict(), MARK
     for key, (name, ref) in enumerate(tensors.items()):
@@ -196,7 +198,22 @@ def _state_dict_pickle(tensors: Mapping[str, TensorRef]) -> bytes:
         arguments = (persistent_id + _int(0) + _tuple(ref.shape) + _tuple(strides) + b"\x89"  # requires_grad False
                      + _global("collections", "OrderedDict") + b")R")  # no backward hooks
         out += _text(name) + _global("torch._utils", "_rebuild_tensor_v2") + b"(" + arguments + b"tR"
-    return bytes(out + b"us.")  # SETITEMS into the OrderedDict, SETITEM into the dict, STOP
+    out += b"us"  # SETITEMS into the OrderedDict, SETITEM into the dict
+    if args:
+        out += _text("args") + b"}(" + b"".join(_text(key) + _scalar(value) for key, value in args.items()) + b"us"
+    return bytes(out + b".")
+
+
+def _scalar(value) -> bytes:
+    if isinstance(value, bool):
+        return b"\x88" if value else b"\x89"  # NEWTRUE, NEWFALSE
+    if isinstance(value, int):
+        return _int(value)
+    if isinstance(value, float):
+        return b"G" + struct.pack(">d", value)  # BINFLOAT
+    if isinstance(value, str):
+        return _text(value)
+    raise TypeError(f"cannot record {value!r} in a torch file's args")
 
 
 def _global(module: str, name: str) -> bytes:

@@ -11,7 +11,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, Uniform, XavierUniform, initializer
 
-from ..config import drop_path_rates
+from ..config import GELU, GELU_TANH, drop_path_rates
 from ..pos_embed import sincos_2d
 
 
@@ -78,10 +78,10 @@ class Attention(nn.Cell):
 
 
 class Mlp(nn.Cell):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, activation: str = GELU):
         super().__init__()
         self.fc1 = linear(dim, hidden)
-        self.act = nn.GELU(approximate=False)  # exact (erf) GELU; MindSpore defaults to tanh
+        self.act = nn.GELU(approximate=activation == GELU_TANH)  # the reference: exact (erf); MindSpore's default is tanh
         self.fc2 = linear(hidden, dim)
 
     def construct(self, x: Tensor) -> Tensor:
@@ -110,13 +110,14 @@ class DropPath(nn.Cell):
 class Block(nn.Cell):
     """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float, drop_path: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float, drop_path: float = 0.0,
+                 activation: str = GELU):
         super().__init__()
         self.norm1 = layer_norm(dim, eps)
         self.attn = Attention(dim, num_heads)
         self.drop_path = DropPath(drop_path)
         self.norm2 = layer_norm(dim, eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), activation)
 
     def construct(self, x: Tensor) -> Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
@@ -138,4 +139,5 @@ def build_encoder(model: nn.Cell, cfg) -> None:
     model.cls_token = token(cfg.embed_dim)
     model.pos_embed = frozen_table(sincos_2d(cfg.embed_dim, cfg.grid_size))
     model.blocks = nn.CellList(
-        [Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps, rate) for rate in drop_path_rates(cfg)])
+        [Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps, rate, cfg.activation)
+         for rate in drop_path_rates(cfg)])

@@ -31,7 +31,7 @@ class MaskedAutoencoderViT(nn.Cell):
         self.mask_token = token(cfg.decoder_embed_dim)
         self.decoder_pos_embed = frozen_table(sincos_2d(cfg.decoder_embed_dim, cfg.grid_size))
         self.decoder_blocks = nn.CellList(
-            [Block(cfg.decoder_embed_dim, cfg.decoder_num_heads, cfg.mlp_ratio, cfg.norm_eps)
+            [Block(cfg.decoder_embed_dim, cfg.decoder_num_heads, cfg.mlp_ratio, cfg.norm_eps, 0.0, cfg.activation)
              for _ in range(cfg.decoder_depth)])
         self.decoder_norm = layer_norm(cfg.decoder_embed_dim, cfg.norm_eps)
         self.decoder_pred = linear(cfg.decoder_embed_dim, cfg.patch_dim)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import drop_path_rates
+from ..config import GELU, GELU_TANH, drop_path_rates
 from ..pos_embed import sincos_2d
 
 
@@ -38,10 +38,10 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, activation: str = GELU):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()  # exact (erf) GELU, as the reference
+        self.act = nn.GELU(approximate="tanh" if activation == GELU_TANH else "none")  # the reference: exact (erf)
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,13 +66,14 @@ class DropPath(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float, drop_path: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float, drop_path: float = 0.0,
+                 activation: str = GELU):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
@@ -89,7 +90,8 @@ def build_encoder(model: nn.Module, cfg) -> None:
     model.cls_token = token(cfg.embed_dim)
     model.pos_embed = frozen_table(sincos_2d(cfg.embed_dim, cfg.grid_size))
     model.blocks = nn.ModuleList(
-        Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps, rate) for rate in drop_path_rates(cfg))
+        Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps, rate, cfg.activation)
+        for rate in drop_path_rates(cfg))
 
 
 def frozen_table(table) -> nn.Parameter:

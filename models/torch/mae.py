@@ -23,7 +23,7 @@ class MaskedAutoencoderViT(nn.Module):
         self.mask_token = token(cfg.decoder_embed_dim)
         self.decoder_pos_embed = frozen_table(sincos_2d(cfg.decoder_embed_dim, cfg.grid_size))
         self.decoder_blocks = nn.ModuleList(
-            Block(cfg.decoder_embed_dim, cfg.decoder_num_heads, cfg.mlp_ratio, cfg.norm_eps)
+            Block(cfg.decoder_embed_dim, cfg.decoder_num_heads, cfg.mlp_ratio, cfg.norm_eps, 0.0, cfg.activation)
             for _ in range(cfg.decoder_depth))
         self.decoder_norm = nn.LayerNorm(cfg.decoder_embed_dim, eps=cfg.norm_eps)
         self.decoder_pred = nn.Linear(cfg.decoder_embed_dim, cfg.patch_dim)

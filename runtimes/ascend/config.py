@@ -23,6 +23,8 @@ DEFAULTS: dict = {
         "preset": "mae_vit_base_patch16",
         "norm_pix_loss": True,
         "mask_ratio": 0.75,
+        "layer_norm_eps": None,  # default: the initial checkpoint's, else 1e-6
+        "hidden_act": None,      # default: the initial checkpoint's, else exact gelu
         "drop_path_rate": 0.0,
         "global_pool": True,
         "num_classes": None,     # fine-tuning: default is the number of class folders
@@ -149,6 +151,8 @@ def load_config(path: str | Path | None, overrides: list[str] | dict | None = No
             raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        if not isinstance(recipe, dict):
+            raise ConfigError(f"{path}: not a config (expected YAML keys such as model:, data:, train:)")
         try:
             cfg = merge(cfg, recipe)
         except ConfigError as error:

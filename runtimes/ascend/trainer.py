@@ -78,17 +78,28 @@ def setup_runtime(cfg: dict) -> Runtime:
 
 # --- models and weights ---
 
-def model_config(cfg: dict, task: str, classes: int | None = None):
-    preset = get_preset(cfg["model"]["preset"])
+def model_config(cfg: dict, task: str, classes: int | None = None, recorded: dict | None = None):
+    """The model to train: the preset, with each setting from the recipe if it gives one, else as
+    the initial checkpoint records it (`recorded`), else the preset's."""
+    from ...convert.settings import resolve_settings
+    from ...models.config import ACTIVATION_NAMES
+
+    model = cfg["model"]
+    preset = get_preset(model["preset"])
     if preset.task != task:
         raise ConfigError(f"model.preset {preset.name!r} is a {preset.task} model; this run mode needs a {task} model")
-    changes = {"norm_pix_loss": cfg["model"]["norm_pix_loss"], "mask_ratio": cfg["model"]["mask_ratio"],
-               "drop_path_rate": cfg["model"]["drop_path_rate"], "global_pool": cfg["model"]["global_pool"],
-               "img_size": cfg["model"].get("img_size") or preset.config.img_size}
-    num_classes = cfg["model"]["num_classes"] or classes
+    base = preset.config.replace(drop_path_rate=model["drop_path_rate"], global_pool=model["global_pool"])
+    num_classes = model["num_classes"] or classes
     if task == CLASSIFY and num_classes:
-        changes["num_classes"] = int(num_classes)
-    return preset.config.replace(**changes)
+        base = base.replace(num_classes=int(num_classes))
+    if model["hidden_act"] is not None and model["hidden_act"] not in ACTIVATION_NAMES:
+        raise ConfigError(f"model.hidden_act {model['hidden_act']!r}; expected one of {', '.join(ACTIVATION_NAMES)}")
+    flags = {"norm_pix_loss": model["norm_pix_loss"], "mask_ratio": model["mask_ratio"],
+             "norm_eps": model["layer_norm_eps"], "activation": ACTIVATION_NAMES.get(model["hidden_act"])}
+    try:
+        return resolve_settings(base, recorded or {}, "model", **flags).config
+    except MaeconvError as error:
+        raise ConfigError(str(error)) from None
 
 
 def ms_name_map(model) -> dict[str, str]:
@@ -99,18 +110,16 @@ def ms_name_map(model) -> dict[str, str]:
     return {step.foreign[0]: step.canonical for step in MINDSPORE.plan_to_canonical(names)}
 
 
-def load_initial_weights(model, path: str, task: str, runtime: Runtime) -> None:
+def load_initial_weights(model, loaded, task: str, runtime: Runtime) -> None:
     """Pretraining: the whole model, strictly. Fine-tuning: the encoder of a pretraining (or
     classifier) checkpoint; the head and fc_norm start fresh, the decoder is not used."""
     import mindspore as ms
     from mindspore.common.initializer import TruncatedNormal, initializer
 
-    from ...convert.pipeline import load_canonical
     from ...convert.schemes import MINDSPORE, apply_from_canonical
     from ...convert.twins import load_state
 
-    path = resolve_checkpoint(path)
-    loaded = load_canonical(path)
+    path = loaded.checkpoint.path
     if task == PRETRAIN:
         load_state(model, loaded.state, "mindspore", source=str(path))
         runtime.say(f"loaded {path} ({loaded.detected.preset}, {loaded.detected.kind})")
@@ -294,6 +303,7 @@ def train(cfg: dict, finetune: bool = False) -> dict:
     import mindspore as ms
     from mindspore import Tensor, nn
 
+    from ...convert.pipeline import load_canonical
     from ...convert.twins import create_model
     from .optim import NO_WEIGHT_DECAY, AdamW, learning_rate, parameter_groups, scaled_lr
     from .steps import AccumulateStep, ApplyStep, ClassifierLoss, PretrainLoss, TrainStep, accumulators_for
@@ -312,12 +322,13 @@ def train(cfg: dict, finetune: bool = False) -> dict:
     augment = dcfg["augment"] or (data_lib.FINETUNE if finetune else data_lib.PRETRAIN)
     probe = data_lib.build_split(dcfg["path"], dcfg["train_split"], augment, 8, tcfg["batch_size"],
                                  rank=runtime.rank, world=runtime.world)
-    config = model_config(cfg, task, probe.classes)
+    initial = load_canonical(resolve_checkpoint(cfg["model"]["checkpoint"])) if cfg["model"]["checkpoint"] else None
+    config = model_config(cfg, task, probe.classes, initial.recorded if initial else None)
     model = create_model(config, task, "mindspore")
     if finetune:
         model.pos_embed.requires_grad = True  # fine-tuning trains the position table, as the reference
-    if cfg["model"]["checkpoint"]:
-        load_initial_weights(model, cfg["model"]["checkpoint"], task, runtime)
+    if initial is not None:
+        load_initial_weights(model, initial, task, runtime)
     if tcfg["precision"] != "fp32":
         dtype = ms.float16 if tcfg["precision"] == "fp16" else ms.bfloat16
         model = ms.amp.auto_mixed_precision(model, "O1", dtype)
@@ -579,8 +590,7 @@ def run_predict(cfg: dict) -> list[Path]:
     if not path:
         raise ConfigError("predict needs a pretraining checkpoint: --predict.checkpoint PATH")
     path, loaded = load_checkpoint_of_kind(path, FULL, "pictures need encoder and decoder")
-    config = loaded.detected.config.replace(norm_pix_loss=cfg["model"]["norm_pix_loss"],
-                                            mask_ratio=cfg["model"]["mask_ratio"])
+    config = loaded.settings(norm_pix_loss=cfg["model"]["norm_pix_loss"], mask_ratio=cfg["model"]["mask_ratio"]).config
     model = build_model(loaded.state, config, "mindspore", cfg["mode"])
     dcfg = cfg["data"]
     count = int(cfg["predict"]["images"])
