@@ -263,3 +263,19 @@ def test_write_stream_raises_a_read_back_failure_without_hanging(tmp_path, monke
     with pytest.raises(RuntimeError, match="read-back broke"):
         tensors.write_stream(tmp_path / "out.bin", _streamed(tmp_path, {"a": np.ones(10_000, np.float32)}),
                              check_finite=True)
+
+
+def test_a_safetensors_header_whose_length_starts_like_a_pickle_reads_as_safetensors(tmp_path):
+    """The 8-byte header length comes first: 0x80 there is a pickle's first byte too."""
+    from safetensors.numpy import save_file
+
+    tensor = RNG.standard_normal(3).astype(np.float32)
+    path = tmp_path / "t.safetensors"
+    for padding in range(256):
+        save_file({"a": tensor}, str(path), metadata={"pad": "x" * padding})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    assert path.read_bytes()[:1] == b"\x80"
+    checkpoint = read_checkpoint(path)
+    assert checkpoint.format == "safetensors" and checkpoint.metadata["pad"].startswith("x")
+    assert checkpoint.tensors["a"].load().tobytes() == tensor.tobytes()

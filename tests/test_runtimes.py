@@ -353,3 +353,36 @@ def test_base_encoder_exports_to_onnx_within_tolerance_of_the_reference(tmp_path
     rows = compare("onnx", actual, reference.features_forward(inputs["images"], encoder, config),
                    {"tokens": Tolerance(ABS, 1e-4), "pooled": Tolerance(ABS, 1e-4)})
     assert all(row.passed for row in rows), rows
+
+
+def test_predict_makes_its_out_folder_and_says_each_picture_once(files, tmp_path):
+    _, paths, _ = files
+    image = write_image(tmp_path / "cat.png", (32, 32))
+    out = tmp_path / "new" / "pictures"
+    result = run("predict", paths["full"], image, "--out", out, "--seed", 1)
+    assert result.exit_code == 0, result.output
+    assert (out / "cat_mae.png").is_file()
+    assert result.output.count("cat_mae.png") == 1
+
+
+def test_predict_takes_a_hugging_face_directory(files, tmp_path):
+    _, paths, _ = files
+    folder = tmp_path / "hf"
+    assert run("convert", paths["full"], folder).exit_code == 0
+    image = write_image(tmp_path / "cat.png", (32, 32))
+    by_dir = run("predict", folder, image, "--out", tmp_path / "a", "--seed", 3)
+    by_file = run("predict", paths["full"], image, "--out", tmp_path / "b", "--seed", 3)
+    assert by_dir.exit_code == 0 and by_file.exit_code == 0, by_dir.output + by_file.output
+    assert (tmp_path / "a" / "cat_mae.png").read_bytes() == (tmp_path / "b" / "cat_mae.png").read_bytes()
+
+
+def test_predict_labels_must_name_every_class(files, tmp_path):
+    _, paths, _ = files
+    image = write_image(tmp_path / "cat.png", (32, 32))
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"class {k}\n" for k in range(9)))
+    _fails_cleanly(tmp_path, ["predict", paths["classifier"], image, "--labels", labels],
+                   "9 class names, but the model has 10 classes")
+    labels.write_text("".join(f"class {k}\n" for k in range(10)))
+    result = run("predict", paths["classifier"], image, "--labels", labels)
+    assert result.exit_code == 0 and result.stdout.startswith(f"{image}: class ")
