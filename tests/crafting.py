@@ -90,6 +90,24 @@ def torch_legacy(path, obj, storages: dict, counts: dict | None = None, keys: li
     return path
 
 
+ITEMSIZE = {"FloatStorage": 4, "LongStorage": 8, "BoolStorage": 1, "BFloat16Storage": 2, "HalfStorage": 2}
+
+
+def crafted(folder, layout, offset, size, stride, numel=12, requires_grad=False, storage_type="FloatStorage"):
+    """A checkpoint {'model': {'t': tensor}} in `layout` ('stored' or 'deflated' zip, or 'legacy'),
+    the tensor rebuilt from storage '0' of `numel` elements with these arguments, whatever they are."""
+    legacy = layout == "legacy"
+    tensor = Tensor(Storage(storage_type, "0", numel, legacy=legacy), offset, size, stride, requires_grad)
+    data = storage_bytes(max(numel, 0) * ITEMSIZE[storage_type], np.uint8)
+    if storage_type == "BoolStorage":
+        data = bytes(b & 1 for b in data)
+    path = folder / f"{layout}.pth"
+    if legacy:
+        return torch_legacy(path, {"model": {"t": tensor}}, {"0": (ITEMSIZE[storage_type], data)})
+    compression = zipfile.ZIP_DEFLATED if layout == "deflated" else zipfile.ZIP_STORED
+    return torch_zip(path, torch_pickle({"model": {"t": tensor}}), {"0": data}, compression)
+
+
 def as_bytes(tensor: torch.Tensor) -> bytes:
     tensor = tensor.contiguous()
     if tensor.dtype == torch.bfloat16:
@@ -212,8 +230,8 @@ def patch_entry(path, name: str, **values):
         position += 46 + name_length + extra_length + comment_length
     else:
         raise KeyError(name)
-    for field, value in values.items():
-        for base, (at, fmt) in ((local, LOCAL_FIELDS[field]), (position, CENTRAL_FIELDS[field])):
+    for name_of_field, value in values.items():
+        for base, (at, fmt) in ((local, LOCAL_FIELDS[name_of_field]), (position, CENTRAL_FIELDS[name_of_field])):
             struct.pack_into(fmt, data, base + at, value)
     path.write_bytes(bytes(data))
     return path

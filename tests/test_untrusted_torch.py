@@ -20,15 +20,17 @@ from maeconv.convert.cli import cli
 from maeconv.convert.errors import MaeconvError
 from maeconv.convert.formats import torchpickle
 
-from crafting import (Storage, Tensor, assert_agrees_with_torch, op_global, op_int, op_rebuild, op_storage, op_text,
-                      op_tuple, patch_entry, rezip, state_pickle, storage_bytes, torch_legacy, torch_pickle,
+from crafting import (Storage, Tensor, assert_agrees_with_torch, crafted, op_global, op_int, op_rebuild, op_storage,
+                      op_text, op_tuple, patch_entry, rezip, state_pickle, storage_bytes, torch_legacy, torch_pickle,
                       torch_reads, torch_zip)
 
 LAYOUTS = ("stored", "deflated", "legacy")
 BIG = 1 << 63
 
-# (offset, size, stride, storage elements, requires_grad, storage type, whether maeconv knowingly refuses
-# what torch reads). The storage holds 12 elements unless said otherwise.
+Case = collections.namedtuple("Case", "offset size stride numel requires_grad storage_type stricter",
+                              defaults=(12, False, "FloatStorage", False))
+# (offset, size, stride[, storage elements, requires_grad, storage type, whether maeconv knowingly
+# refuses what torch reads]). The storage holds 12 elements unless said otherwise.
 GEOMETRY = {
     "contiguous": (0, (3, 4), (4, 1)),
     "transposed": (0, (4, 3), (1, 4)),
@@ -45,6 +47,9 @@ GEOMETRY = {
     "scalar at the last element": (11, (), ()),
     "scalar past the end": (12, (), ()),
     "strides None mean contiguous": (0, (3,), None),
+    "no strides mean contiguous": (0, (3, 4), ()),
+    "empty, byte offset just inside int64": ((1 << 61) - 1, (0,), None),
+    "empty, byte offset overflowing int64": (1 << 61, (0,), ()),
     "size and stride as lists": (0, [3, 4], [4, 1]),
     "32 dims": (0, (1,) * 32, (1,) * 32),
     "empty": (0, (0,), (1,)),
@@ -90,32 +95,13 @@ GEOMETRY = {
     "empty, too large for NumPy": (0, (0, 1 << 62), (1, 1), 12, False, "FloatStorage", True),
     "broadcast 4 GB from 48 bytes": (0, (100_000, 10_000), (0, 0), 12, False, "FloatStorage", True),
 }
-ITEMSIZE = {"FloatStorage": 4, "LongStorage": 8, "BoolStorage": 1, "BFloat16Storage": 2}
-
-
-def crafted(folder, layout, offset, size, stride, numel=12, requires_grad=False, storage_type="FloatStorage",
-            name="t"):
-    """A checkpoint {'model': {name: tensor}} with one tensor on storage '0' of `numel` elements."""
-    legacy = layout == "legacy"
-    tensor = Tensor(Storage(storage_type, "0", numel, legacy=legacy), offset, size, stride, requires_grad)
-    data = storage_bytes(max(numel, 0) * ITEMSIZE[storage_type], np.uint8)
-    if storage_type == "BoolStorage":
-        data = bytes(b & 1 for b in data)
-    path = folder / f"{layout}.pth"
-    if legacy:
-        return torch_legacy(path, {"model": {name: tensor}}, {"0": (ITEMSIZE[storage_type], data)})
-    compression = zipfile.ZIP_DEFLATED if layout == "deflated" else zipfile.ZIP_STORED
-    return torch_zip(path, torch_pickle({"model": {name: tensor}}), {"0": data}, compression)
-
-
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", GEOMETRY)
 def test_tensor_geometry_is_read_as_torch_reads_it_or_refused(tmp_path, layout, case):
-    offset, size, stride, numel, requires_grad, storage_type, stricter = (GEOMETRY[case] + (12, False, "FloatStorage",
-                                                                                            False)[len(GEOMETRY[case]) - 3:])
-    path = crafted(tmp_path, layout, offset, size, stride, numel, requires_grad, storage_type)
-    refusal = assert_agrees_with_torch(path, maeconv_may_be_stricter=stricter)
-    if stricter:
+    case = Case(*GEOMETRY[case])
+    path = crafted(tmp_path, layout, *case[:-1])
+    refusal = assert_agrees_with_torch(path, maeconv_may_be_stricter=case.stricter)
+    if case.stricter:
         assert refusal is not None, "maeconv reads what it should refuse"
     if refusal is not None:
         assert refusal.startswith(f"{path}: not a readable PyTorch checkpoint (")
@@ -143,7 +129,10 @@ def test_views_read_lazily_and_in_place(tmp_path):
 
 # --- what a pickle may do after a check ---
 
-@pytest.mark.parametrize("state", [op_text("numel") + op_int(1 << 40), op_text("dtype") + op_global("torch", "float64")])
+BUILD_STATES = {"numel": op_text("numel") + op_int(1 << 40), "dtype": op_text("dtype") + op_global("torch", "float64")}
+
+
+@pytest.mark.parametrize("state", BUILD_STATES.values(), ids=BUILD_STATES.keys())
 def test_build_cannot_change_a_checked_storage(tmp_path, state):
     """A BUILD on the storage object, between its check and the tensor that uses it. torch.load lets
     it set the storage's attributes: {'dtype': torch.float64} makes it read float32 bytes as float64."""
@@ -281,8 +270,9 @@ def test_malformed_pickles_are_refused_in_one_line(tmp_path, pickled, reason):
     with pytest.raises(MaeconvError, match=reason) as error:
         read_checkpoint(path)
     assert "\n" not in str(error.value)
-    # torch reads these two: an empty dict, and a Namespace whose attribute names are ints (its repr fails)
-    assert isinstance(torch_reads(path), Exception) or reason in ("holds no state dict", "sets the state of a Namespace")
+    # torch reads two: an empty dict, and a Namespace whose attribute names are ints (its repr then fails)
+    torch_reads_it = reason in ("holds no state dict", "sets the state of a Namespace")
+    assert isinstance(torch_reads(path), Exception) != torch_reads_it
 
 
 def test_a_storage_is_not_a_tensor(tmp_path):
@@ -402,8 +392,8 @@ def test_an_encrypted_entry_is_refused(tmp_path, tiny_pth):
 
 
 def test_an_entry_named_twice_is_refused(tmp_path):
-    path = torch_zip(tmp_path / "twice.pth", torch_pickle({"t": Tensor(Storage("FloatStorage", "0", 2), 0, (2,), (1,))}),
-                     {"0": storage_bytes(2)})
+    pickled = torch_pickle({"t": Tensor(Storage("FloatStorage", "0", 2), 0, (2,), (1,))})
+    path = torch_zip(tmp_path / "twice.pth", pickled, {"0": storage_bytes(2)})
     with zipfile.ZipFile(path, "a") as archive, pytest.warns(UserWarning, match="Duplicate name"):
         archive.writestr("archive/data/0", storage_bytes(2, seed=1))
     with pytest.raises(MaeconvError, match="appears twice"):

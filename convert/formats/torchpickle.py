@@ -31,14 +31,15 @@ STORAGE_DTYPES = {
     "LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16", "CharStorage": "int8",
     "ByteStorage": "uint8", "BoolStorage": "bool",
 }
-# A checkpoint's object tree, pickled, is a few hundred bytes per tensor (a zip's data.pkl may not
-# declare more than this).
-MAX_PICKLE_BYTES = 32 << 20
+# A checkpoint's object tree, pickled, takes some 100 bytes per tensor: a zip's data.pkl may not
+# declare more than this.
+MAX_PICKLE_BYTES = 16 << 20
 # What unpickling may build, in bytes of Python objects: every read of the pickle is charged its
 # length plus READ_COST, at least what the largest object one opcode can make costs (an empty set,
 # 216 bytes, and its stack slot), so a flood of one-byte opcodes is stopped near this much memory.
-# It leaves room for some 30,000 tensors.
-MAX_PICKLE_COST = 256 << 20
+# A tensor with its name, rebuild call and optimizer state is charged some 11 KiB: this leaves room
+# for over 10,000.
+MAX_PICKLE_COST = 128 << 20
 READ_COST = 224
 # A view that repeats its storage's bytes (stride 0) is expanded to a dense array when read; beyond
 # this size and its storage's own, it is refused rather than allocated.
@@ -159,23 +160,27 @@ def _checked_geometry(storage: Storage, offset, size, stride) -> tuple[tuple[int
     try:
         shape = checked_shape(size, storage.dtype)
     except ValueError as error:
-        raise Invalid(f"a tensor's {error}") from None
-    strides = contiguous_strides(shape) if stride is None else stride  # torch's set_ reads None so
-    if not isinstance(strides, (tuple, list)) or len(strides) != len(shape):
-        raise Invalid(f"strides {stride!r:.80} do not match shape {list(shape)}")
+        raise Invalid(f"a tensor has {error}") from None
     if not _int64_index(offset):
         raise Invalid(f"storage offset {offset!r:.40} is not a non-negative 64-bit integer")
-    if not all(_int64_index(s) for s in strides):  # torch accepts a negative one where it multiplies 0
+    implicit = stride is None or (isinstance(stride, (tuple, list)) and not stride)
+    if implicit:  # torch's Tensor.set_ makes contiguous strides, and checks its byte extent in int64
+        stride = contiguous_strides(shape)
+        if (offset + math.prod(shape)) * storage.dtype.itemsize >= 1 << 63:
+            raise Invalid(f"storage offset {offset} overflows a 64-bit byte offset")
+    if not isinstance(stride, (tuple, list)) or len(stride) != len(shape):
+        raise Invalid(f"strides {stride!r:.80} do not match shape {list(shape)}")
+    if not all(_int64_index(s) for s in stride):  # torch accepts a negative one where it multiplies 0
         raise Invalid(f"strides {stride!r:.80} are not non-negative 64-bit integers")
     if 0 in shape:
-        return shape, tuple(strides)  # reads nothing: torch accepts any offset here
-    last = offset + sum(s * (n - 1) for n, s in zip(shape, strides))
+        return shape, tuple(stride)  # reads nothing: torch accepts any offset here
+    last = offset + sum(s * (n - 1) for n, s in zip(shape, stride))
     if last >= storage.numel:
         raise Invalid(f"a tensor reaches element {last} of a storage of {storage.numel}")
     dense = math.prod(shape) * storage.dtype.itemsize
     if dense > max(storage.nbytes, MAX_EXPANSION_BYTES):
         raise Invalid(f"a tensor repeats its storage's {storage.nbytes} bytes into {dense} bytes")
-    return shape, tuple(strides)
+    return shape, tuple(stride)
 
 
 def _int64_index(value) -> bool:
