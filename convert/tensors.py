@@ -86,15 +86,15 @@ def checked_shape(dims, dtype: np.dtype) -> tuple[int, ...]:
     """`dims` as a shape, if NumPy can hold a `dtype` array of it; else ValueError saying why. Every
     reader passes the dims its file declares through here before anything is allocated."""
     if not isinstance(dims, (tuple, list)):
-        raise ValueError(f"shape {dims!r} is not a list of dimensions")
+        raise ValueError(f"shape {dims!r:.80}, not a list of dimensions")
     if len(dims) > MAX_DIMS:
         raise ValueError(f"{len(dims)} dimensions, more than the {MAX_DIMS} an array can have")
     for dim in dims:
         if type(dim) is not int or dim < 0:  # bool and float are refused: int() would truncate 3.5
-            raise ValueError(f"dimension {dim!r} in shape {list(dims)} is not a non-negative integer")
+            raise ValueError(f"dimension {dim!r:.40} in shape {list(dims)!r:.120}, not a non-negative integer")
     # NumPy multiplies the non-zero dimensions and the item size, whatever other dimension is 0.
     if math.prod(dim for dim in dims if dim) * dtype.itemsize >= 1 << 63:
-        raise ValueError(f"shape {list(dims)} of {dtype} is too large for any array")
+        raise ValueError(f"shape {list(dims)} of {dtype}, too large for any array")
     return tuple(dims)
 
 
