@@ -49,13 +49,6 @@ class Checkpoint:
     metadata: dict = field(default_factory=dict)  # safetensors __metadata__, or an HF directory's config.json
 
 
-def sniff_format(path: Path) -> str:
-    """The format from the first bytes, falling back to the extension."""
-    if path.is_dir():
-        return HF_DIR
-    return _format_by_magic(path) or SUFFIX_FORMATS.get(path.suffix.lower(), MINDSPORE)
-
-
 def _format_by_magic(path: Path) -> str | None:
     """TORCH for a zip or a pickle, SAFETENSORS for a plausible header; None else (.ckpt has no magic)."""
     with open(path, "rb") as f:
@@ -84,6 +77,8 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 
 def _read_file(path: Path) -> Checkpoint:
+    """The format from the first bytes; without a magic of ours, what else the file is, or the format
+    its extension names (for the error it will get)."""
     fmt = _format_by_magic(path)
     if fmt is None:
         foreign = identify.describe(path)

@@ -492,3 +492,12 @@ def test_legacy_headers(tmp_path, header, reason):
     path.write_bytes(b"".join(pickle.dumps(part, protocol=2) for part in header) + data[stream.tell():])
     with pytest.raises(MaeconvError, match=reason):
         read_checkpoint(path)
+
+
+def test_two_data_pkl_records_are_refused(tmp_path):
+    pickled = torch_pickle({"t": Tensor(Storage("FloatStorage", "0", 2), 0, (2,), (1,))})
+    path = torch_zip(tmp_path / "two.pth", pickled, {"0": storage_bytes(2)})
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("other/data.pkl", pickled)
+    with pytest.raises(MaeconvError, match="2 data.pkl records"):
+        read_checkpoint(path)

@@ -5,9 +5,9 @@ The pickle inside (data.pkl) is interpreted by torchpickle's restricted unpickle
 the file can run. Each storage is one zip entry: a stored entry is a file region that tensors map
 straight from; a deflated one (a checkpoint re-zipped by a zip tool) is inflated when a tensor is
 read, exactly its declared size, CRC-checked. Every declared size is checked against the file before
-anything is allocated. What this reader does not interpret raises `Unsupported`, for
-`torch.load(weights_only=True)`, which is equally safe, only slower and eager; what is malformed
-raises MaeconvError.
+anything is allocated. A global this reader does not interpret raises `Unsupported`, once the rest
+of the pickle is checked, for `torch.load(weights_only=True)`, which reads it eagerly; what is
+malformed raises MaeconvError.
 """
 from __future__ import annotations
 
@@ -65,11 +65,16 @@ def _unreadable(path: Path, reason: str) -> MaeconvError:
 def _read_archive(path: Path, infos: list[zipfile.ZipInfo]):
     names = [info.filename for info in infos]
     pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
-    if len(pickles) != 1 or identify.is_torchscript(names):
+    if not pickles or identify.is_torchscript(names):
         raise MaeconvError(f"{path}: {identify.describe_zip(names)}, not a checkpoint ({identify.READS})")
+    if len(pickles) > 1:
+        raise Invalid(f"{len(pickles)} data.pkl records, where torch.save writes one")
     prefix = pickles[0].split("/")[0]
     entries = _entries(path, infos)
-    if f"{prefix}/byteorder" in entries and _entry_bytes(path, entries[f"{prefix}/byteorder"]).strip() != b"little":
+    byteorder = entries.get(f"{prefix}/byteorder")
+    if byteorder is not None and byteorder.size > len(b"little\n"):
+        raise Invalid(f"a byteorder record of {byteorder.size} bytes")
+    if byteorder is not None and _entry_bytes(path, byteorder).strip() != b"little":
         raise Unsupported("big-endian storages")
     data_pkl = entries[pickles[0]]
     if data_pkl.size > MAX_PICKLE_BYTES:
