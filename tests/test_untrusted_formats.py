@@ -234,6 +234,8 @@ NOT_CHECKPOINTS = {
     "page.pth": (lambda p: p.write_text("<!DOCTYPE html>\n<html><body>Sign in</body></html>"),
                  "an HTML page (a download that returned a web page?)"),
     "config.ckpt": (lambda p: p.write_text('{"model_type": "vit_mae"}'), "a JSON file"),
+    "saved.bin": (lambda p: p.write_text("\ufeff<html><body>404</body></html>", encoding="utf-8"),
+                  "an HTML page (a download that returned a web page?)"),
     "model.safetensors": (lambda p: p.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 9\n"),
                           "a Git LFS pointer, not the file it points to (fetch it with git lfs pull)"),
     "weights.pth.gz": (lambda p: p.write_bytes(gzip.compress(b"x" * 100)), "a gzip file"),

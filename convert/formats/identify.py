@@ -101,6 +101,7 @@ def _text(head: bytes) -> str | None:
         if error.start < len(head) - 3:
             return None
         text = head[:error.start].decode("utf-8")
+    text = text.removeprefix("\ufeff")  # a byte-order mark, as some editors write
     if not text or not all(c.isprintable() or c in "\t\r\n\f" for c in text):
         return None
     start = text.lstrip().lower()
