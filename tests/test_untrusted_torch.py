@@ -6,6 +6,7 @@ import collections
 import io
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -320,6 +321,19 @@ def test_a_rezipped_checkpoint_reads_exactly(tmp_path, deflate):
     assert in_place == ({"w", "half", "bf", "flags", "count", "shared"} if deflate == "data.pkl only" else set())
 
 
+@pytest.mark.skipif(shutil.which("zip") is None, reason="needs the zip tool")
+def test_a_checkpoint_unpacked_and_packed_again_with_zip_reads_exactly(tmp_path):
+    """What `unzip` then `zip -r` make of torch.save's file: folder entries, deflated entries."""
+    torch.save({"model": _rich_state()}, tmp_path / "original.pth")
+    with zipfile.ZipFile(tmp_path / "original.pth") as archive:
+        archive.extractall(tmp_path / "unpacked")
+    subprocess.run(["zip", "-q", "-r", str(tmp_path / "packed.pth"), "original"], cwd=tmp_path / "unpacked", check=True)
+    with zipfile.ZipFile(tmp_path / "packed.pth") as archive:
+        assert {info.compress_type for info in archive.infolist()} == {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
+        assert "original/data/" in archive.namelist()
+    assert_agrees_with_torch(tmp_path / "packed.pth")
+
+
 def test_torch_mmap_misreads_what_maeconv_reads(tmp_path):
     """torch.load(mmap=True), maeconv's old fallback, maps a deflated entry's compressed bytes."""
     original = tmp_path / "original.pth"
@@ -488,9 +502,40 @@ def test_legacy_headers(tmp_path, header, reason):
     _refused_as_torch_would(path, reason)
 
 
-def test_two_data_pkl_records_are_refused(tmp_path):
+def test_records_in_two_folders_are_refused(tmp_path):
     pickled = torch_pickle({"t": Tensor(Storage("FloatStorage", "0", 2), 0, (2,), (1,))})
     path = torch_zip(tmp_path / "two.pth", pickled, {"0": storage_bytes(2)})
     with zipfile.ZipFile(path, "a") as archive:
         archive.writestr("other/data.pkl", pickled)
-    _refused_as_torch_would(path, "2 data.pkl records")
+    _refused_as_torch_would(path, "entry other/data.pkl lies outside the archive's folder archive")
+
+
+SB = storage_bytes(2)
+RECORDS = {  # name: (entries, what maeconv says, or None where it reads the file)
+    "version under .data": ([("a/data.pkl", None), ("a/data/0", SB), ("a/.data/version", b"3\n")], None),
+    "version with trailing text": ([("a/data.pkl", None), ("a/data/0", SB), ("a/version", b" 3x")], None),
+    "no version": ([("a/data.pkl", None), ("a/data/0", SB)], "no version record"),
+    "version 0": ([("a/data.pkl", None), ("a/data/0", SB), ("a/version", b"0")], "format version"),
+    "version 11": ([("a/data.pkl", None), ("a/data/0", SB), ("a/version", b"11\n")], "format version"),
+    "version not a number": ([("a/data.pkl", None), ("a/data/0", SB), ("a/version", b"x")], "format version"),
+    "first entry in another folder": ([("x/version", b"3"), ("a/data.pkl", None), ("a/data/0", SB),
+                                       ("a/version", b"3")], "entry a/data.pkl lies outside the archive's folder x"),
+    "first entry in no folder": ([("junk", b""), ("a/data.pkl", None), ("a/data/0", SB), ("a/version", b"3")],
+                                 "outside the archive's folder junk"),
+    "storage in another folder": ([("a/data.pkl", None), ("b/data/0", SB), ("a/version", b"3")], "outside"),
+}
+
+
+@pytest.mark.parametrize("case", RECORDS)
+def test_the_records_torch_requires(tmp_path, case):
+    entries, reason = RECORDS[case]
+    pickled = torch_pickle({"t": Tensor(Storage("FloatStorage", "0", 2), 0, (2,), (1,))})
+    path = tmp_path / "records.pth"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in entries:
+            archive.writestr(name, pickled if data is None else data)
+    if reason is None:
+        assert_agrees_with_torch(path)
+    else:
+        _refused_as_torch_would(path, reason)
+        assert isinstance(torch_reads(path), Exception)

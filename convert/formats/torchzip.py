@@ -12,6 +12,7 @@ malformed raises MaeconvError.
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zipfile
 import zlib
@@ -63,23 +64,10 @@ def _unreadable(path: Path, reason: str) -> MaeconvError:
 
 
 def _read_archive(path: Path, infos: list[zipfile.ZipInfo]):
-    names = [info.filename for info in infos]
-    pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
-    if not pickles or identify.is_torchscript(names):
-        raise MaeconvError(f"{path}: {identify.describe_zip(names)}, not a checkpoint ({identify.READS})")
-    if len(pickles) > 1:
-        raise Invalid(f"{len(pickles)} data.pkl records, where torch.save writes one")
-    prefix = pickles[0].split("/")[0]
+    prefix = _record_prefix(path, [info.filename for info in infos])
     entries = _entries(path, infos)
-    byteorder = entries.get(f"{prefix}/byteorder")
-    if byteorder is not None and byteorder.size > len(b"little\n"):
-        raise Invalid(f"a byteorder record of {byteorder.size} bytes")
-    if byteorder is not None and _entry_bytes(path, byteorder).strip() != b"little":
-        raise Unsupported("big-endian storages")
-    data_pkl = entries[pickles[0]]
-    if data_pkl.size > MAX_PICKLE_BYTES:
-        raise Invalid(f"data.pkl declares {data_pkl.size} bytes, more than a checkpoint's object tree needs")
-    pickled = _entry_bytes(path, data_pkl)
+    _check_records(path, entries, prefix)
+    pickled = _entry_bytes(path, entries[f"{prefix}/data.pkl"])
 
     def storages() -> StorageTable:
         return StorageTable(5, lambda key, dtype, numel, _: _storage(path, prefix, entries, key, dtype, numel))
@@ -91,6 +79,43 @@ def _read_archive(path: Path, infos: list[zipfile.ZipInfo]):
         # interpret must hold (torch's own unpickler crashes on some that do not).
         unpickle(io.BytesIO(pickled), storages(), lenient=True)
         raise
+
+
+def _record_prefix(path: Path, names: list[str]) -> str:
+    """The one folder all records are in, as torch.load requires: the first entry's."""
+    if not any(name.endswith("/data.pkl") for name in names) or identify.is_torchscript(names):
+        raise MaeconvError(f"{path}: {identify.describe_zip(names)}, not a checkpoint ({identify.READS})")
+    prefix = names[0].split("/")[0] if "/" in names[0] else ""
+    outside = next((name for name in names if not prefix or not name.startswith(f"{prefix}/")), None)
+    if outside is not None:
+        raise Invalid(f"entry {outside} lies outside the archive's folder {prefix or names[0]}")
+    if f"{prefix}/data.pkl" not in names:
+        raise Invalid(f"no {prefix}/data.pkl")
+    return prefix
+
+
+# The record format versions torch.load reads (caffe2/serialize/inline_container.h), and how torch
+# parses the record: a leading integer, as strtoll does.
+FILE_FORMAT_VERSIONS = range(1, 11)
+LEADING_INTEGER = re.compile(rb"\s*([+-]?\d{1,19})")
+
+
+def _check_records(path: Path, entries: dict[str, Entry], prefix: str) -> None:
+    """The small records beside data.pkl, as torch.load checks them; data.pkl's declared size."""
+    version = entries.get(f"{prefix}/version") or entries.get(f"{prefix}/.data/version")
+    if version is None or version.size > 64:
+        raise Invalid("no version record")
+    number = LEADING_INTEGER.match(_entry_bytes(path, version))
+    if number is None or int(number.group(1)) not in FILE_FORMAT_VERSIONS:
+        raise Invalid("a record format version torch does not read")
+    byteorder = entries.get(f"{prefix}/byteorder")
+    if byteorder is not None and byteorder.size > len(b"little\n"):
+        raise Invalid(f"a byteorder record of {byteorder.size} bytes")
+    if byteorder is not None and _entry_bytes(path, byteorder).strip() != b"little":
+        raise Unsupported("big-endian storages")
+    if entries[f"{prefix}/data.pkl"].size > MAX_PICKLE_BYTES:
+        raise Invalid(f"data.pkl declares {entries[f'{prefix}/data.pkl'].size} bytes, more than a checkpoint's "
+                      f"object tree needs")
 
 
 def _storage(path: Path, prefix: str, entries: dict[str, Entry], key: str, dtype: np.dtype, numel: int) -> Storage:
