@@ -80,6 +80,10 @@ def read_file_array(path, dtype: np.dtype, shape: tuple, offset: int) -> np.ndar
 
 # NumPy's limit on dimensions (NPY_MAXDIMS in NumPy 1.x); a tensor with more has no array to read into.
 MAX_DIMS = 32
+# The most tensors a file may hold. A reader indexes every tensor before reading one, at up to 1.5 KB
+# each (a safetensors entry parsed from JSON): a file of many empty entries would otherwise fill
+# memory from a modest size. Some 100 MB at most; checkpoints hold a few thousand tensors.
+MAX_TENSORS = 1 << 16
 
 
 def checked_shape(dims, dtype: np.dtype) -> tuple[int, ...]:

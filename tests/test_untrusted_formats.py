@@ -355,10 +355,12 @@ def _bomb_long_string(folder):
 def _bomb_large_data_pkl(folder):
     """A data.pkl that really inflates to 40 MiB (it is refused before it is inflated)."""
     path = folder / "pkl.pth"
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive, archive.open("archive/data.pkl", "w") as entry:
-        entry.write(b"\x80\x02")
-        for _ in range(40):
-            entry.write(b"N" * (1 << 20))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("archive/data.pkl", "w") as entry:
+            entry.write(b"\x80\x02")
+            for _ in range(40):
+                entry.write(b"N" * (1 << 20))
+        archive.writestr("archive/version", b"3\n")
     return path
 
 
@@ -395,6 +397,28 @@ def _bomb_safetensors_nesting(folder):
     return _safetensors(folder / "nest.safetensors", "[" * 20_000_000)
 
 
+def _bomb_safetensors_entries(folder):
+    """100,000 empty tensors in 5 MB of header: 150 MB of Python objects once parsed."""
+    entries = ",".join(f'"{i:x}":{{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}' for i in range(100_000))
+    return _safetensors(folder / "entries.safetensors", "{" + entries + "}")
+
+
+def _bomb_ckpt_records(folder):
+    path = folder / "records.ckpt"
+    path.write_bytes(b"".join(_ckpt_record(f"{i:x}", [0], "UInt8", b"") for i in range(150_000)))
+    return path
+
+
+def _bomb_zip_index(folder):
+    """A zip whose central directory lists 200,000 one-letter entries (zipfile indexes them all)."""
+    count = 200_000
+    record = struct.pack("<4s6H3I5H2I", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0) + b"a"
+    end = struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, count * len(record), 4, 0)
+    path = folder / "index.pth"
+    path.write_bytes(b"PK\x03\x04" + record * count + end)
+    return path
+
+
 def _bomb_ckpt_dims(folder):
     path = folder / "dims.ckpt"
     path.write_bytes(_ckpt_record("w", [1 << 30, 1 << 30], "Float32", bytes(16)))
@@ -413,7 +437,10 @@ BOMBS = {  # builder: (what the error says, the most memory reading may add, MiB
     _bomb_broadcast: ("repeats its storage's 4 bytes into 274877906944 bytes", 64),
     _bomb_legacy_numel: ("the file holds fewer", 64),
     _bomb_safetensors_shape: ("truncated or corrupt", 64),
-    _bomb_safetensors_nesting: ("header is not JSON", 64),
+    _bomb_safetensors_nesting: ("header holds more entries than", 64),
+    _bomb_safetensors_entries: ("header holds more entries than", 64),
+    _bomb_ckpt_records: ("more than 65536 records", 64),  # indexed up to the limit: some 35 MB
+    _bomb_zip_index: ("a zip index larger than 65536 tensors need", 64),
     _bomb_ckpt_dims: ("does not match its dims", 64),
 }
 

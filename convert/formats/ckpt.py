@@ -17,7 +17,7 @@ from typing import BinaryIO, Iterator, Mapping
 import numpy as np
 
 from ..errors import MaeconvError
-from ..tensors import MAX_DIMS, Piece, TensorRef, Verdict, checked_shape, dtype_by_name, write_stream
+from ..tensors import MAX_DIMS, MAX_TENSORS, Piece, TensorRef, Verdict, checked_shape, dtype_by_name, write_stream
 
 TYPES = {"Float32": "float32", "Float16": "float16", "Float64": "float64", "BFloat16": "bfloat16",
          "Int8": "int8", "UInt8": "uint8", "Int16": "int16", "UInt16": "uint16", "Int32": "int32",
@@ -165,7 +165,9 @@ def read(path: Path) -> tuple[dict[str, TensorRef], dict]:
     try:
         with open(path, "rb") as f:
             previous = None
-            for tag, dims, type_name, span in _records(f, size):
+            for count, (tag, dims, type_name, span) in enumerate(_records(f, size)):
+                if count == MAX_TENSORS:
+                    raise _Corrupt(f"more than {MAX_TENSORS} records")
                 if tag in entries and tag != previous:
                     raise _Corrupt(f"tag {tag!r} appears twice")
                 entries.setdefault(tag, [dims, type_name, []])[2].append(span)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ..errors import MaeconvError
-from ..tensors import TensorRef, Verdict, checked_shape, dtype_by_name, write_stream
+from ..tensors import MAX_TENSORS, TensorRef, Verdict, checked_shape, dtype_by_name, write_stream
 
 CODES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
          "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "U16": "uint16", "U32": "uint32",
@@ -35,6 +35,8 @@ def read(path: Path) -> tuple[dict[str, TensorRef], dict]:
             raise MaeconvError(f"{path}: not a safetensors file (header size {header_size} out of range)")
         header = _parse_header(path, f.read(header_size))
     metadata = _metadata(path, header.pop("__metadata__", None))
+    if len(header) > MAX_TENSORS:
+        raise MaeconvError(f"{path}: not a safetensors file (more than {MAX_TENSORS} tensors)")
     refs, end = {}, 0
     for name, (dtype, shape, begin, stop) in sorted(_entries(path, header).items(), key=lambda item: item[1][2:]):
         if begin != end:  # the library's rule: the data is the tensors end to end, no gap, no overlap
@@ -46,7 +48,17 @@ def read(path: Path) -> tuple[dict[str, TensorRef], dict]:
     return {name: refs[name] for name in header}, metadata
 
 
+# JSON values a header may hold per tensor (a value takes a separator or a bracket): an entry needs
+# seven, and three more for a 4-D shape. Python builds up to ~170 bytes of objects for each.
+VALUES_PER_TENSOR = 10
+
+
 def _parse_header(path: Path, text: bytes) -> dict:
+    values = text.count(b",") + text.count(b"{") + text.count(b"[")  # a bound on the values it parses to
+    if values > VALUES_PER_TENSOR * MAX_TENSORS:
+        raise MaeconvError(f"{path}: not a safetensors file (header holds more entries than {MAX_TENSORS} "
+                           f"tensors have)")
+
     def unique(pairs):
         keys = [key for key, _ in pairs]
         if len(set(keys)) != len(keys):

@@ -23,7 +23,7 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import MaeconvError
-from ..tensors import COPY_CHUNK, TensorRef, read_file_array, reserve, tensor_bytes
+from ..tensors import COPY_CHUNK, MAX_TENSORS, TensorRef, read_file_array, reserve, tensor_bytes
 from . import identify
 from .torchpickle import (MAX_PICKLE_BYTES, STORAGE_DTYPES, Invalid, Storage, StorageTable, Unsupported,
                           contiguous_strides, file_storage, unpickle)
@@ -48,6 +48,8 @@ def read(path: Path):
     """The unpickled object, with TensorRef in place of every tensor.
 
     Raises Unsupported when the file needs torch's own loader, MaeconvError when it is malformed."""
+    if _central_directory_size(path) > CENTRAL_BYTES_PER_ENTRY * MAX_TENSORS:
+        raise _unreadable(path, f"a zip index larger than {MAX_TENSORS} tensors need")
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
@@ -57,6 +59,30 @@ def read(path: Path):
         return _read_archive(path, infos)
     except Invalid as error:
         raise _unreadable(path, str(error)) from None
+
+
+# A central directory record is 46 bytes, the name (some 20 in torch's layout) and extra fields.
+CENTRAL_BYTES_PER_ENTRY = 128
+
+
+def _central_directory_size(path: Path) -> int:
+    """The central directory's size, as the end record (or its zip64 form, where a locator points to
+    one) gives it: zipfile reads and indexes all of it, some ten times its size in memory, before any
+    entry can be checked. 0 if there is no end record (zipfile says what is wrong)."""
+    with open(path, "rb") as f:
+        end = f.seek(0, 2)
+        f.seek(max(0, end - (1 << 16) - 22))  # the end record, then a comment of at most 64 KiB
+        tail = f.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) < at + 22:
+            return 0
+        size = struct.unpack_from("<I", tail, at + 12)[0]
+        if at >= 20 and tail[at - 20:at - 16] == b"PK\x06\x07":
+            f.seek(struct.unpack_from("<Q", tail, at - 12)[0])
+            record = f.read(56)
+            if len(record) == 56 and record[:4] == b"PK\x06\x06":
+                size = struct.unpack_from("<Q", record, 40)[0]
+    return size
 
 
 def _unreadable(path: Path, reason: str) -> MaeconvError:
