@@ -10,11 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
-import struct
 import threading
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -22,7 +19,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from .errors import MaeconvError
-from .formats import ckpt, safetensors, torchzip
+from .formats import ckpt, identify, safetensors, torchlegacy, torchpickle, torchzip
 from .outputs import Target, staged
 from .tensors import TensorRef, Verdict, spans_equal
 
@@ -51,10 +48,8 @@ class Checkpoint:
     metadata: dict = field(default_factory=dict)  # safetensors __metadata__, or an HF directory's config.json
 
 
-def sniff_format(path: Path) -> str:
-    """The format from the first bytes, falling back to the extension."""
-    if path.is_dir():
-        return HF_DIR
+def _format_by_magic(path: Path) -> str | None:
+    """TORCH for a zip or a pickle, SAFETENSORS for a plausible header; None else (.ckpt has no magic)."""
     with open(path, "rb") as f:
         head = f.read(9)
     # safetensors first: its 8-byte header length may well start with 0x80, a pickle's first byte.
@@ -62,7 +57,7 @@ def sniff_format(path: Path) -> str:
         return SAFETENSORS
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
         return TORCH
-    return SUFFIX_FORMATS.get(path.suffix.lower(), MINDSPORE)
+    return None
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -75,17 +70,28 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise MaeconvError(f"{path}: not a file")
     if path.stat().st_size == 0:
         raise MaeconvError(f"{path}: empty file")
-    fmt = sniff_format(path)
     try:
-        if fmt == TORCH:
-            return _read_torch(path)
-        if fmt == SAFETENSORS:
-            tensors, metadata = safetensors.read(path)
-            return Checkpoint(path, SAFETENSORS, tensors, metadata=metadata)
-        tensors, extras = ckpt.read(path)
-        return Checkpoint(path, MINDSPORE, tensors, extras)
+        return _read_file(path)
     except OSError as error:
         raise MaeconvError(f"{path}: cannot read ({error.strerror or error})") from None
+
+
+def _read_file(path: Path) -> Checkpoint:
+    """The format from the first bytes; without a magic of ours, what else the file is, or the format
+    its extension names (for the error it will get)."""
+    fmt = _format_by_magic(path)
+    if fmt is None:
+        foreign = identify.describe(path)
+        if foreign:
+            raise MaeconvError(f"{path}: {foreign}, not a checkpoint ({identify.READS})")
+        fmt = SUFFIX_FORMATS.get(path.suffix.lower(), MINDSPORE)
+    if fmt == TORCH:
+        return _read_torch(path)
+    if fmt == SAFETENSORS:
+        tensors, metadata = safetensors.read(path)
+        return Checkpoint(path, SAFETENSORS, tensors, metadata=metadata)
+    tensors, extras = ckpt.read(path)
+    return Checkpoint(path, MINDSPORE, tensors, extras)
 
 
 def _first_line(error: BaseException) -> str:
@@ -94,29 +100,34 @@ def _first_line(error: BaseException) -> str:
 
 
 def _read_torch(path: Path) -> Checkpoint:
-    try:
-        obj = torchzip.read(path)
-    except (torchzip.Unsupported, zipfile.BadZipFile, EOFError, pickle.UnpicklingError, ValueError,
-            TypeError, KeyError, IndexError, AttributeError, struct.error):
-        obj = _torch_load(path)
+    with open(path, "rb") as f:
+        zipped = f.read(4) == b"PK\x03\x04"  # as torch tells; an end record may hide in a pickle's tensor bytes
+    if not zipped:
+        obj = torchlegacy.read(path)
+    else:
+        try:
+            obj = torchzip.read(path)
+        except torchpickle.Unsupported:
+            obj = _torch_load(path)
     state, extras = _unwrap_state(obj, path)
     return Checkpoint(path, TORCH, state, extras)
 
 
 def _torch_load(path: Path):
-    """torch's own loader, in its safe mode: legacy pickles and anything torchzip leaves to it."""
+    """torch's own loader, in its safe mode, for zip files that torchzip leaves to it (it has checked
+    their entries' sizes first). Without mmap: torch.load(mmap=True) maps deflated entries as raw
+    bytes, and storages beyond their entries' ends."""
     import torch
 
     try:
         with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on odd pickle protocols; failures are reported below
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+            return _torch_to_refs(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as error:  # torch raises many types for bad files; all mean the same here
         reason = _first_line(error)
         if "weights_only" in str(error) or "Unsupported global" in str(error):
             reason = "the pickle refers to code that a safe load refuses to run"
         raise MaeconvError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
-    return _torch_to_refs(obj)
 
 
 def _torch_to_refs(obj):

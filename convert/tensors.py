@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import math
 import mmap
 import os
 import queue
@@ -48,11 +49,11 @@ class TensorRef:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return self.size * self.dtype.itemsize
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)  # Python ints: np.prod(dtype=int64) wraps around silently
 
     def load(self) -> np.ndarray:
         array = self.read()
@@ -75,6 +76,30 @@ def read_file_array(path, dtype: np.dtype, shape: tuple, offset: int) -> np.ndar
         if f.readinto(array.reshape(-1).view(np.uint8)) != array.nbytes:
             raise MaeconvError(f"{path}: file ends inside a tensor (truncated)")
     return array
+
+
+# NumPy's limit on dimensions (NPY_MAXDIMS in NumPy 1.x); a tensor with more has no array to read into.
+MAX_DIMS = 32
+# The most tensors a file may hold. A reader indexes every tensor before reading one, at up to 1.5 KB
+# each (a safetensors entry parsed from JSON): a file of many empty entries would otherwise fill
+# memory from a modest size. Some 100 MB at most; checkpoints hold a few thousand tensors.
+MAX_TENSORS = 1 << 16
+
+
+def checked_shape(dims, dtype: np.dtype) -> tuple[int, ...]:
+    """`dims` as a shape, if NumPy can hold a `dtype` array of it; else ValueError saying why. Every
+    reader passes the dims its file declares through here before anything is allocated."""
+    if not isinstance(dims, (tuple, list)):
+        raise ValueError(f"shape {dims!r:.80}, not a list of dimensions")
+    if len(dims) > MAX_DIMS:
+        raise ValueError(f"{len(dims)} dimensions, more than the {MAX_DIMS} an array can have")
+    for dim in dims:
+        if type(dim) is not int or dim < 0:  # bool and float are refused: int() would truncate 3.5
+            raise ValueError(f"dimension {dim!r:.40} in shape {list(dims)!r:.120}, not a non-negative integer")
+    # NumPy multiplies the non-zero dimensions and the item size, whatever other dimension is 0.
+    if math.prod(dim for dim in dims if dim) * dtype.itemsize >= 1 << 63:
+        raise ValueError(f"shape {list(dims)} of {dtype}, too large for any array")
+    return tuple(dims)
 
 
 def dtype_by_name(name: str) -> np.dtype:

@@ -9,6 +9,7 @@ of rows and the full dims; readers concatenate them. dims [0] marks a scalar.
 """
 from __future__ import annotations
 
+import io
 import itertools
 import math
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import BinaryIO, Iterator, Mapping
 import numpy as np
 
 from ..errors import MaeconvError
-from ..tensors import Piece, TensorRef, Verdict, dtype_by_name, write_stream
+from ..tensors import MAX_DIMS, MAX_TENSORS, Piece, TensorRef, Verdict, checked_shape, dtype_by_name, write_stream
 
 TYPES = {"Float32": "float32", "Float16": "float16", "Float64": "float64", "BFloat16": "bfloat16",
          "Int8": "int8", "UInt8": "uint8", "Int16": "int16", "UInt16": "uint16", "Int32": "int32",
@@ -69,7 +70,10 @@ def _fields(f: BinaryIO, end: int):
         raise _Corrupt("message overruns its length")
 
 
-def _read_bytes(f: BinaryIO, span) -> bytes:
+def _read_bytes(f: BinaryIO, span, most: int) -> bytes:
+    """A length-delimited field's bytes, refused when longer than any sane value of its kind."""
+    if span[1] > most:
+        raise _Corrupt(f"a field of {span[1]} bytes where at most {most} belong")
     f.seek(span[0])
     data = f.read(span[1])
     if len(data) != span[1]:
@@ -77,29 +81,46 @@ def _read_bytes(f: BinaryIO, span) -> bytes:
     return data
 
 
-def _packed_varints(data: bytes) -> list[int]:
-    import io
+# The longest tag (parameter name), type name and string entry read; a dimension takes at most 10
+# varint bytes.
+MAX_TAG_BYTES = 1 << 16
+MAX_TYPE_BYTES = 64
+MAX_TEXT_BYTES = 16 << 20
+MAX_PACKED_DIMS_BYTES = 10 * (MAX_DIMS + 1)
 
+
+def _packed_varints(data: bytes) -> list[int]:
     stream, values = io.BytesIO(data), []
     while stream.tell() < len(data):
         values.append(_varint(stream))
     return values
 
 
+def _int64(value: int) -> int:
+    """A varint as the int64 the schema declares (two's complement, so -1 takes ten bytes)."""
+    if value >= 1 << 64:
+        raise _Corrupt("a dimension beyond 64 bits")
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
 def _parse_tensor(f: BinaryIO, span) -> tuple[list[int], str, tuple[int, int]]:
     dims, type_name, content = [], None, None
     for field, wire, value in _fields(f, span[0] + span[1]):
         if field == 1:
-            dims += [value] if wire == 0 else _packed_varints(_read_bytes(f, value))
+            here = f.tell()
+            dims += [value] if wire == 0 else _packed_varints(_read_bytes(f, value, MAX_PACKED_DIMS_BYTES))
+            f.seek(here)
+            if len(dims) > MAX_DIMS:
+                raise _Corrupt(f"a tensor with more than {MAX_DIMS} dimensions")
         elif field == 2 and wire == 2:
             here = f.tell()
-            type_name = _read_bytes(f, value).decode("utf-8", "replace")
+            type_name = _read_bytes(f, value, MAX_TYPE_BYTES).decode("utf-8", "replace")
             f.seek(here)
         elif field == 3 and wire == 2:
             content = value
     if type_name is None or content is None:
         raise _Corrupt("tensor without type or content")
-    return dims, type_name, content
+    return [_int64(d) for d in dims], type_name, content
 
 
 def _records(f: BinaryIO, size: int):
@@ -111,7 +132,7 @@ def _records(f: BinaryIO, size: int):
         for sub, sub_wire, value in _fields(f, span[0] + span[1]):
             if sub == 1 and sub_wire == 2:
                 here = f.tell()
-                tag = _read_bytes(f, value).decode("utf-8")
+                tag = _read_bytes(f, value, MAX_TAG_BYTES).decode("utf-8")
                 f.seek(here)
             elif sub == 2 and sub_wire == 2:
                 here = f.tell()
@@ -145,7 +166,9 @@ def read(path: Path) -> tuple[dict[str, TensorRef], dict]:
     try:
         with open(path, "rb") as f:
             previous = None
-            for tag, dims, type_name, span in _records(f, size):
+            for count, (tag, dims, type_name, span) in enumerate(_records(f, size)):
+                if count == MAX_TENSORS:
+                    raise _Corrupt(f"more than {MAX_TENSORS} records")
                 if tag in entries and tag != previous:
                     raise _Corrupt(f"tag {tag!r} appears twice")
                 entries.setdefault(tag, [dims, type_name, []])[2].append(span)
@@ -155,14 +178,16 @@ def read(path: Path) -> tuple[dict[str, TensorRef], dict]:
     refs, extras = {}, {}
     for tag, (dims, type_name, spans) in entries.items():
         if type_name == "str":
-            with open(path, "rb") as f:
-                extras[tag] = b"".join(_read_bytes(f, s) for s in spans).decode("utf-32-le", "replace")
+            extras[tag] = _text(path, spans)
             continue
         if type_name not in TYPES:
             raise MaeconvError(f"{path}: tensor {tag!r} has unsupported type {type_name!r}")
         dtype = dtype_by_name(TYPES[type_name])
-        shape = () if dims == [0] else tuple(dims)
-        if sum(length for _, length in spans) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+        try:
+            shape = checked_shape([] if dims == [0] else dims, dtype)
+        except ValueError as error:
+            raise MaeconvError(f"{path}: tensor {tag!r} has {error}") from None
+        if sum(length for _, length in spans) != math.prod(shape) * dtype.itemsize:
             raise MaeconvError(f"{path}: tensor {tag!r} content does not match its dims {shape}")
         if len(spans) == 1:
             refs[tag] = TensorRef.in_file(path, dtype, shape, spans[0][0])
@@ -171,6 +196,15 @@ def read(path: Path) -> tuple[dict[str, TensorRef], dict]:
     if not refs:
         raise MaeconvError(f"{path}: not a readable MindSpore checkpoint (no tensors)")
     return refs, extras
+
+
+def _text(path: Path, spans: list) -> str:
+    """A string entry (MindSpore stores them as UTF-32)."""
+    with open(path, "rb") as f:
+        try:
+            return b"".join(_read_bytes(f, span, MAX_TEXT_BYTES) for span in spans).decode("utf-32-le", "replace")
+        except _Corrupt as error:
+            raise MaeconvError(f"{path}: not a readable MindSpore checkpoint ({error})") from None
 
 
 def _encode_varint(value: int) -> bytes:

@@ -1,143 +1,269 @@
 """PyTorch's zip checkpoints (.pth/.bin), read lazily without executing anything in the file, and
 written streaming in torch.save's layout.
 
-The pickle inside (data.pkl) is interpreted by an unpickler that knows a handful of globals
-(tensor rebuilding, OrderedDict, argparse.Namespace) and refuses every other one, so no code
-from the file can run. Tensor bytes stay in the zip's stored entries until a tensor is read.
-Anything this reader does not know is handed to `torch.load(weights_only=True)`, which is
-equally safe, only slower and eager.
+The pickle inside (data.pkl) is interpreted by torchpickle's restricted unpickler, so no code from
+the file can run. Each storage is one zip entry: a stored entry is a file region that tensors map
+straight from; a deflated one (a checkpoint re-zipped by a zip tool) is inflated when a tensor is
+read, exactly its declared size, CRC-checked. Every declared size is checked against the file before
+anything is allocated. A global this reader does not interpret raises `Unsupported`, once the rest
+of the pickle is checked, for `torch.load(weights_only=True)`, which reads it eagerly; what is
+malformed raises MaeconvError.
 """
 from __future__ import annotations
 
-import argparse
-import collections
-import pickle
+import io
+import re
 import struct
 import zipfile
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
-from ..tensors import COPY_CHUNK, TensorRef, dtype_by_name, read_file_array, reserve, tensor_bytes
+from ..errors import MaeconvError
+from ..tensors import COPY_CHUNK, MAX_TENSORS, TensorRef, read_file_array, reserve, tensor_bytes
+from . import identify
+from .torchpickle import (MAX_PICKLE_BYTES, STORAGE_DTYPES, Invalid, Storage, StorageTable, Unsupported,
+                          contiguous_strides, file_storage, unpickle)
 
-STORAGE_DTYPES = {
-    "FloatStorage": "float32", "DoubleStorage": "float64", "HalfStorage": "float16", "BFloat16Storage": "bfloat16",
-    "LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16", "CharStorage": "int8",
-    "ByteStorage": "uint8", "BoolStorage": "bool",
-}
-
-
-class Unsupported(Exception):
-    """The file uses something this reader does not interpret (a global, compression, byte order)."""
+# Deflate codes a 258-byte match in 2 bits at best: no stream inflates more than 1032 times its size.
+MAX_DEFLATE_RATIO = 1032
 
 
-class _StorageType:
-    def __init__(self, dtype: np.dtype):
-        self.dtype = dtype
+@dataclass(frozen=True)
+class Entry:
+    """One zip entry's data: `compressed_size` bytes at `offset`, `size` bytes once inflated."""
 
-
-class _Storage:
-    def __init__(self, offset: int, dtype: np.dtype, numel: int):
-        self.offset, self.dtype, self.numel = offset, dtype, numel
-
-
-class _Refused(Exception):
-    pass
-
-
-def _entries(archive: zipfile.ZipFile, path: Path) -> dict[str, tuple[int, int]]:
-    """Name -> (absolute offset, size) of each stored entry's data."""
-    offsets = {}
-    with open(path, "rb") as f:
-        for info in archive.infolist():
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise Unsupported(f"compressed entry {info.filename}")
-            f.seek(info.header_offset)
-            local = f.read(30)
-            if len(local) != 30 or local[:4] != b"PK\x03\x04":
-                raise Unsupported("bad local header")
-            name_length, extra_length = struct.unpack("<HH", local[26:30])
-            offsets[info.filename] = (info.header_offset + 30 + name_length + extra_length, info.file_size)
-    return offsets
-
-
-def _rebuild_tensor(path: Path):
-    def rebuild(storage, storage_offset, size, stride, *_ignored):
-        if not isinstance(storage, _Storage):
-            raise _Refused("tensor without storage")
-        shape, stride = tuple(size), tuple(stride)
-        contiguous = tuple(int(np.prod(shape[i + 1:], dtype=np.int64)) for i in range(len(shape)))
-        dtype = storage.dtype
-        extent = 1 + sum((n - 1) * s for n, s in zip(shape, stride)) if all(shape) else 0
-        if storage_offset + extent > storage.numel:
-            raise _Refused("tensor outside its storage")
-        start = storage.offset + storage_offset * dtype.itemsize
-        if stride == contiguous or not all(shape):
-            return TensorRef.in_file(path, dtype, shape, start)
-
-        def read_strided():
-            flat = read_file_array(path, dtype, (extent,), start)
-            return np.lib.stride_tricks.as_strided(flat, shape, [s * dtype.itemsize for s in stride]).copy()
-
-        return TensorRef(dtype, shape, read_strided)
-
-    return rebuild
-
-
-class _Unpickler(pickle.Unpickler):
-    def __init__(self, file, path: Path, prefix: str, offsets: dict[str, tuple[int, int]]):
-        super().__init__(file)
-        self.path, self.prefix, self.offsets = path, prefix, offsets
-        rebuild = _rebuild_tensor(path)
-        self.allowed = {
-            ("torch._utils", "_rebuild_tensor_v2"): rebuild,
-            ("torch._utils", "_rebuild_parameter"): lambda data, *_: data,
-            ("collections", "OrderedDict"): collections.OrderedDict,
-            ("argparse", "Namespace"): argparse.Namespace,
-        }
-
-    def find_class(self, module, name):
-        if (module, name) in self.allowed:
-            return self.allowed[module, name]
-        if module == "torch" and name in STORAGE_DTYPES:
-            return _StorageType(dtype_by_name(STORAGE_DTYPES[name]))
-        raise _Refused(f"{module}.{name}")
-
-    def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise _Refused("unknown persistent id")
-        _, storage_type, key, _location, numel = pid
-        if not isinstance(storage_type, _StorageType):
-            raise _Refused("untyped storage")
-        name = f"{self.prefix}/data/{key}"
-        if name not in self.offsets:
-            raise _Refused(f"missing storage {key}")
-        offset, size = self.offsets[name]
-        if not 0 <= int(numel) * storage_type.dtype.itemsize <= size:
-            raise _Refused(f"storage {key} larger than its entry")
-        return _Storage(offset, storage_type.dtype, int(numel))
+    name: str
+    offset: int
+    size: int
+    compressed_size: int
+    deflated: bool
+    crc: int
 
 
 def read(path: Path):
     """The unpickled object, with TensorRef in place of every tensor.
 
-    Raises Unsupported when the file needs torch's own loader, and pickle.UnpicklingError when the
-    pickle asks for a global that no safe loader would run."""
-    with zipfile.ZipFile(path) as archive:
-        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
-        if len(pickles) != 1:
-            raise Unsupported("no data.pkl")
-        prefix = pickles[0].split("/")[0]
-        byteorder = f"{prefix}/byteorder"
-        if byteorder in archive.namelist() and archive.read(byteorder).strip() != b"little":
-            raise Unsupported("big-endian storages")
-        offsets = _entries(archive, path)
-        with archive.open(pickles[0]) as data:
-            try:
-                return _Unpickler(data, path, prefix, offsets).load()
-            except _Refused as refused:
-                raise Unsupported(str(refused)) from None
+    Raises Unsupported when the file needs torch's own loader, MaeconvError when it is malformed."""
+    if _central_directory_size(path) > CENTRAL_BYTES_PER_ENTRY * MAX_TENSORS:
+        raise _unreadable(path, f"a zip index larger than {MAX_TENSORS} tensors need")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as error:
+        raise _unreadable(path, f"not a complete zip archive: {error}") from None
+    try:
+        return _read_archive(path, infos)
+    except Invalid as error:
+        raise _unreadable(path, str(error)) from None
+
+
+# A central directory record is 46 bytes, the name (some 20 in torch's layout) and extra fields.
+CENTRAL_BYTES_PER_ENTRY = 128
+
+
+def _central_directory_size(path: Path) -> int:
+    """The central directory's size, as the end record (or its zip64 form, where a locator points to
+    one) gives it: zipfile reads and indexes all of it, some ten times its size in memory, before any
+    entry can be checked. 0 if there is no end record (zipfile says what is wrong)."""
+    with open(path, "rb") as f:
+        end = f.seek(0, 2)
+        f.seek(max(0, end - (1 << 16) - 22))  # the end record, then a comment of at most 64 KiB
+        tail = f.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) < at + 22:
+            return 0
+        size = struct.unpack_from("<I", tail, at + 12)[0]
+        if at >= 20 and tail[at - 20:at - 16] == b"PK\x06\x07":
+            f.seek(struct.unpack_from("<Q", tail, at - 12)[0])
+            record = f.read(56)
+            if len(record) == 56 and record[:4] == b"PK\x06\x06":
+                size = struct.unpack_from("<Q", record, 40)[0]
+    return size
+
+
+def _unreadable(path: Path, reason: str) -> MaeconvError:
+    return MaeconvError(f"{path}: not a readable PyTorch checkpoint ({reason})")
+
+
+def _read_archive(path: Path, infos: list[zipfile.ZipInfo]):
+    prefix = _record_prefix(path, [info.filename for info in infos])
+    entries = _entries(path, infos)
+    _check_records(path, entries, prefix)
+    pickled = _entry_bytes(path, entries[f"{prefix}/data.pkl"])
+
+    def storages() -> StorageTable:
+        return StorageTable(5, lambda key, dtype, numel, _: _storage(path, prefix, entries, key, dtype, numel))
+
+    try:
+        return unpickle(io.BytesIO(pickled), storages())
+    except Unsupported:
+        # torch.load will be trusted with the file: first every part of the pickle this reader does
+        # interpret must hold (torch's own unpickler crashes on some that do not).
+        unpickle(io.BytesIO(pickled), storages(), lenient=True)
+        raise
+
+
+def _record_prefix(path: Path, names: list[str]) -> str:
+    """The one folder all records are in, as torch.load requires: the first entry's."""
+    if not any(name.endswith("/data.pkl") for name in names) or identify.is_torchscript(names):
+        raise MaeconvError(f"{path}: {identify.describe_zip(names)}, not a checkpoint ({identify.READS})")
+    prefix = names[0].split("/")[0] if "/" in names[0] else ""
+    outside = next((name for name in names if not prefix or not name.startswith(f"{prefix}/")), None)
+    if outside is not None:
+        raise Invalid(f"entry {outside} lies outside the archive's folder {prefix or names[0]}")
+    if f"{prefix}/data.pkl" not in names:
+        raise Invalid(f"no {prefix}/data.pkl")
+    return prefix
+
+
+# The record format versions torch.load reads (caffe2/serialize/inline_container.h), and how torch
+# parses the record: a leading integer, as strtoll does.
+FILE_FORMAT_VERSIONS = range(1, 11)
+LEADING_INTEGER = re.compile(rb"\s*([+-]?\d{1,19})")
+
+
+def _check_records(path: Path, entries: dict[str, Entry], prefix: str) -> None:
+    """The small records beside data.pkl, as torch.load checks them; data.pkl's declared size."""
+    version = entries.get(f"{prefix}/version") or entries.get(f"{prefix}/.data/version")
+    if version is None or version.size > 64:
+        raise Invalid("no version record")
+    number = LEADING_INTEGER.match(_entry_bytes(path, version))
+    if number is None or int(number.group(1)) not in FILE_FORMAT_VERSIONS:
+        raise Invalid("a record format version torch does not read")
+    byteorder = entries.get(f"{prefix}/byteorder")
+    if byteorder is not None and byteorder.size > len(b"little\n"):
+        raise Invalid(f"a byteorder record of {byteorder.size} bytes")
+    if byteorder is not None and _entry_bytes(path, byteorder).strip() != b"little":
+        raise Unsupported("big-endian storages")
+    if entries[f"{prefix}/data.pkl"].size > MAX_PICKLE_BYTES:
+        raise Invalid(f"data.pkl declares {entries[f'{prefix}/data.pkl'].size} bytes, more than a checkpoint's "
+                      f"object tree needs")
+
+
+def _storage(path: Path, prefix: str, entries: dict[str, Entry], key: str, dtype: np.dtype, numel: int) -> Storage:
+    entry = entries.get(f"{prefix}/data/{key}")
+    if entry is None:
+        raise Invalid(f"storage {key} has no entry in the archive")
+    if numel * dtype.itemsize != entry.size:  # torch.load refuses this too (except with mmap=True)
+        raise Invalid(f"storage {key} declares {numel * dtype.itemsize} bytes; its entry holds {entry.size}")
+    if not entry.deflated:
+        return file_storage(path, dtype, numel, entry.offset)
+    return Storage(path, dtype, numel, lambda start, count: _inflate(path, entry, start, count))
+
+
+def _entries(path: Path, infos: list[zipfile.ZipInfo]) -> dict[str, Entry]:
+    """Every entry, once its local header, sizes and compression are checked against the file."""
+    entries = {}
+    file_size = path.stat().st_size
+    with open(path, "rb") as f:
+        for info in infos:
+            if info.filename in entries:
+                raise Invalid(f"entry {info.filename} appears twice")
+            entry = _entry(f, info)
+            if entry.offset + entry.compressed_size > file_size:
+                raise Invalid(f"entry {info.filename} runs past the end of the file (truncated)")
+            entries[info.filename] = entry
+    return entries
+
+
+def _entry(f, info: zipfile.ZipInfo) -> Entry:
+    name = info.filename
+    if info.flag_bits & 0x1:
+        raise Invalid(f"entry {name} is encrypted")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise Invalid(f"entry {name} uses compression method {info.compress_type}; torch reads stored or deflated")
+    deflated = info.compress_type == zipfile.ZIP_DEFLATED
+    if not deflated and info.compress_size != info.file_size:
+        raise Invalid(f"stored entry {name} declares {info.file_size} bytes in {info.compress_size}")
+    if deflated and info.file_size > MAX_DEFLATE_RATIO * info.compress_size:
+        raise Invalid(f"entry {name} declares {info.file_size} bytes inflated from {info.compress_size}, "
+                      f"more than deflate can expand")
+    f.seek(info.header_offset)
+    local = f.read(30)
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        raise Invalid(f"entry {name} has no local header")
+    name_length, extra_length = struct.unpack("<HH", local[26:30])
+    encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
+    if f.read(name_length).decode(encoding, "replace") != info.orig_filename:
+        raise Invalid(f"entry {name} is named differently in its local header")
+    offset = info.header_offset + 30 + name_length + extra_length
+    return Entry(name, offset, info.file_size, info.compress_size, deflated, info.CRC)
+
+
+def _entry_bytes(path: Path, entry: Entry) -> bytes:
+    if entry.deflated:
+        return _inflate(path, entry, 0, entry.size).tobytes()
+    return read_file_array(path, np.dtype(np.uint8), (entry.size,), entry.offset).tobytes()
+
+
+def _inflate(path: Path, entry: Entry, start: int, count: int) -> np.ndarray:
+    """Bytes [start, start + count) of a deflated entry. The whole entry is inflated, a chunk at a
+    time, for its CRC covers all of it; only the bytes asked for are kept, and inflating stops at the
+    declared size, so memory stays near `count` whatever the stream holds."""
+    out = np.empty(count, np.uint8)
+    crc = produced = 0
+    try:
+        with open(path, "rb") as f:
+            f.seek(entry.offset)
+            stream = _Inflater(f, entry.compressed_size)
+            while produced < entry.size and (piece := stream.inflate(min(COPY_CHUNK, entry.size - produced))):
+                crc = zlib.crc32(piece, crc)
+                _keep(out, start, piece, produced)
+                produced += len(piece)
+            complete = produced == entry.size and not stream.inflate(1) and stream.ended
+    except zlib.error as error:
+        raise _unreadable(path, f"entry {entry.name} is corrupt: {error}") from None
+    if not complete:
+        raise _unreadable(path, f"entry {entry.name} does not inflate to its declared {entry.size} bytes")
+    if crc != entry.crc:
+        raise _unreadable(path, f"entry {entry.name} fails its CRC check")
+    return out
+
+
+class _Inflater:
+    """A raw deflate stream read from a file region, inflated at most `limit` bytes per call."""
+
+    def __init__(self, f, compressed_size: int):
+        self.chunks = _chunks(f, compressed_size)
+        self.zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+        self.pending = b""
+
+    @property
+    def ended(self) -> bool:
+        return self.zlib.eof
+
+    def inflate(self, limit: int) -> bytes:
+        """Up to `limit` more bytes; empty once the stream ends or its input runs out."""
+        while not self.zlib.eof:
+            exhausted = False
+            if not self.pending:
+                self.pending = next(self.chunks, b"")
+                exhausted = not self.pending
+            piece = self.zlib.decompress(self.pending, limit)
+            self.pending = self.zlib.unconsumed_tail
+            if piece or exhausted:
+                return piece
+        return b""
+
+
+def _chunks(f, size: int):
+    while size > 0:
+        chunk = f.read(min(COPY_CHUNK, size))
+        if not chunk:
+            return
+        size -= len(chunk)
+        yield chunk
+
+
+def _keep(out: np.ndarray, start: int, piece: bytes, produced: int) -> None:
+    """Copies the part of `piece` (entry bytes from `produced` on) that falls in `out`'s window."""
+    low, high = max(start, produced), min(start + out.size, produced + len(piece))
+    if low < high:
+        out[low - start:high - start] = np.frombuffer(piece, np.uint8, high - low, low - produced)
 
 
 # The storage class torch.save names for each dtype.
@@ -194,7 +320,7 @@ def _state_dict_pickle(tensors: Mapping[str, TensorRef], args: Mapping[str, obje
     for key, (name, ref) in enumerate(tensors.items()):
         storage = _global("torch", STORAGE_OF_DTYPE[ref.dtype.name])
         persistent_id = b"(" + _text("storage") + storage + _text(str(key)) + _text("cpu") + _int(ref.size) + b"tQ"
-        strides = [int(np.prod(ref.shape[i + 1:], dtype=np.int64)) for i in range(len(ref.shape))]
+        strides = contiguous_strides(ref.shape)
         arguments = (persistent_id + _int(0) + _tuple(ref.shape) + _tuple(strides) + b"\x89"  # requires_grad False
                      + _global("collections", "OrderedDict") + b")R")  # no backward hooks
         out += _text(name) + _global("torch._utils", "_rebuild_tensor_v2") + b"(" + arguments + b"tR"
