@@ -368,22 +368,17 @@ _held: list[int] | None = None  # signals that arrived while a set of renames ra
 
 
 def handle_signals() -> None:
-    """SIGTERM and SIGHUP raise Interrupted in the main thread, as SIGINT raises KeyboardInterrupt;
-    during the renames that publish an output all three wait until the set is complete."""
+    """SIGINT, SIGTERM and SIGHUP raise Interrupted in the main thread, so that every cleanup runs
+    as it does for Ctrl-C; during the renames that publish an output they wait until the set is
+    complete. (Without these handlers, as in the Python API, Ctrl-C raises KeyboardInterrupt.)"""
     def interrupt(signum, _frame):
         if _held is not None:
             _held.append(signum)
             return
-        _raise_for(signum)
+        raise Interrupted(signum)
 
     for signum in (signal.SIGINT, *TERMINATING):
         signal.signal(signum, interrupt)
-
-
-def _raise_for(signum: int):
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise Interrupted(signum)
 
 
 @contextlib.contextmanager
@@ -396,4 +391,4 @@ def _signals_blocked():
     finally:
         arrived, _held = _held, outer
         if arrived:
-            _raise_for(arrived[0])
+            raise Interrupted(arrived[0])
