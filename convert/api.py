@@ -5,11 +5,10 @@ import os
 import warnings
 
 from ..models.config import MAEConfig, get_preset
-from .checkpoints import TORCH
 from .errors import MaeconvError
 from .pipeline import load_canonical
 from .settings import SETTING_FIELDS
-from .twins import create_model, load_state, task_of
+from .twins import TORCH, create_model, load_state, task_of
 
 
 def from_pretrained(name_or_path: str | os.PathLike, framework: str = TORCH, **config_overrides):

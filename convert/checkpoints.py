@@ -135,6 +135,8 @@ def _torch_to_refs(obj):
     import torch
 
     if isinstance(obj, torch.Tensor):
+        from ..models.torch.twin import torch_to_numpy
+
         return TensorRef.of(torch_to_numpy(obj))
     if isinstance(obj, dict):
         return type(obj)((k, _torch_to_refs(v)) for k, v in obj.items())
@@ -169,28 +171,6 @@ def _read_hf_dir(path: Path) -> Checkpoint:
         raise MaeconvError(f"{config_path}: not valid JSON ({error})") from None
     inner = read_checkpoint(weights[0])
     return Checkpoint(path, HF_DIR, inner.tensors, inner.extras, config if isinstance(config, dict) else {})
-
-
-def torch_to_numpy(tensor) -> np.ndarray:
-    import torch
-
-    tensor = tensor.detach()
-    if tensor.dtype == torch.bfloat16:
-        import ml_dtypes
-
-        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    return tensor.numpy()
-
-
-def numpy_to_torch(array: np.ndarray):
-    import torch
-
-    array = np.ascontiguousarray(array)
-    if array.dtype.name == "bfloat16":
-        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
-    if not array.flags.writeable:  # torch warns on read-only memory; the copy is one tensor at a time
-        array = array.copy()
-    return torch.from_numpy(array)
 
 
 # --- writing ---

@@ -147,6 +147,13 @@ class Scheme:
         _raise_unmapped(incomplete, "tensors with some of their parts missing")
         return steps
 
+    def canonical_names(self, names: Iterable[str]) -> dict[str, str]:
+        """Own name -> canonical name for a scheme that only renames these names (a twin's)."""
+        plan = self.plan_to_canonical(names)
+        if any(step.transform is not RENAME for step in plan):
+            raise MappingError(f"{self.name} names do not map one to one")
+        return {step.foreign[0]: step.canonical for step in plan}
+
     def match_foreign(self, name: str):
         """(rule, canonical name, part index) for a foreign name, or None."""
         for rule, _, spellings in self._patterns():

@@ -91,7 +91,7 @@ def interpolate_pos_embed(table: np.ndarray, grid: int) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    from .checkpoints import numpy_to_torch, torch_to_numpy
+    from ..models.torch.twin import numpy_to_torch, torch_to_numpy
 
     tensor = numpy_to_torch(table)
     cls, patches = tensor[:, :1], tensor[:, 1:]

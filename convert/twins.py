@@ -1,84 +1,46 @@
-"""Canonical state dicts in and out of the twin models, strictly: every key accounted for."""
+"""The twins with their parameter names bound to the mapping layer, and canonical state dicts in
+and out of them, strictly: every key accounted for. `get_twin(framework)` is how every layer above
+models/ reaches a framework."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
 from typing import Mapping
 
 import numpy as np
 
-from ..models.config import CLASSIFIER, CLASSIFY, PRETRAIN, MAEConfig, decoder_shapes
-from .checkpoints import MINDSPORE, TORCH, numpy_to_torch, torch_to_numpy
+from ..models.config import MAEConfig
+from ..models.twins import FRAMEWORKS, MINDSPORE, TORCH, LoadReport, Twin, TwinError, task_of, twin_class
 from .errors import MaeconvError
-from .schemes import MINDSPORE as MINDSPORE_SCHEME, apply_from_canonical, apply_to_canonical
+from .schemes import get_scheme
+
+__all__ = ["FRAMEWORKS", "MINDSPORE", "TORCH", "LoadReport", "Twin", "create_model", "get_twin", "load_state",
+           "model_state", "task_of"]
 
 
-@dataclass(frozen=True)
-class LoadReport:
-    missing: tuple[str, ...] = ()  # model parameters the state did not provide (left as initialised)
-
-    @property
-    def decoder_absent(self) -> bool:
-        return bool(self.missing)
+@functools.cache
+def get_twin(framework: str) -> Twin:
+    """The adapter of `framework`'s twin, its own names mapped by its scheme's table."""
+    try:
+        adapter = twin_class(framework)
+    except TwinError as error:
+        raise MaeconvError(str(error)) from None
+    return adapter(get_scheme(adapter.naming).canonical_names)
 
 
 def create_model(config: MAEConfig, task: str, framework: str):
-    if framework == TORCH:
-        from ..models.torch import MODEL_CLASSES
-    elif framework == MINDSPORE:
-        from ..models.mindspore import MODEL_CLASSES
-    else:
-        raise MaeconvError(f"unknown framework {framework!r}; expected {TORCH} or {MINDSPORE}")
-    return MODEL_CLASSES[task](config)
-
-
-def task_of(kind: str) -> str:
-    return CLASSIFY if kind == CLASSIFIER else PRETRAIN
+    return get_twin(framework).create(config, task)
 
 
 def model_state(model, framework: str) -> dict[str, np.ndarray]:
     """The model's parameters as a canonical state dict of NumPy arrays."""
-    if framework == TORCH:
-        return {name: torch_to_numpy(t) for name, t in model.state_dict().items()}
-    own = {name: p.asnumpy() for name, p in model.parameters_and_names()}
-    return {name: ref.load() for name, ref in apply_to_canonical(MINDSPORE_SCHEME.plan_to_canonical(own), own).items()}
+    return get_twin(framework).state(model)
 
 
-def load_state(model, state: Mapping[str, np.ndarray], framework: str, source: str = "checkpoint") -> LoadReport:
-    """Copies a canonical state into the model. Unexpected keys and wrong shapes are errors;
-    a missing key is an error too, except the whole decoder of an encoder-only checkpoint,
-    which is reported (LoadReport.missing) rather than silently left random."""
-    expected = _canonical_shapes(model, framework)
-    unexpected = [k for k in state if k not in expected]
-    if unexpected:
-        raise MaeconvError(f"{source}: {len(unexpected)} keys the model does not have (e.g. {unexpected[0]})")
-    reshaped = [k for k, shape in expected.items() if k in state and tuple(state[k].shape) != shape]
-    if reshaped:
-        k = reshaped[0]
-        raise MaeconvError(f"{source}: {k} has shape {tuple(state[k].shape)}, the model expects {expected[k]}")
-    missing = tuple(k for k in expected if k not in state)
-    if missing and set(missing) != set(dict(decoder_shapes(model.config))):
-        raise MaeconvError(f"{source}: {len(missing)} keys missing (e.g. {missing[0]})")
-    if framework == TORCH:
-        import torch
-
-        with torch.no_grad():
-            for name, tensor in model.state_dict(keep_vars=True).items():
-                if name in state:
-                    tensor.copy_(numpy_to_torch(state[name]))
-    else:
-        import mindspore as ms
-
-        own = apply_from_canonical(MINDSPORE_SCHEME.plan_from_canonical(state), state)
-        for name, param in model.parameters_and_names():
-            if name in own:
-                dtype = ms.dtype_to_nptype(param.dtype)
-                param.set_data(ms.Tensor(np.ascontiguousarray(own[name].load(), dtype=dtype)))
-    return LoadReport(missing)
-
-
-def _canonical_shapes(model, framework: str) -> dict[str, tuple[int, ...]]:
-    if framework == TORCH:
-        return {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    own = [name for name, _ in model.parameters_and_names()]
-    shapes = {name: tuple(p.shape) for name, p in model.parameters_and_names()}
-    return {step.canonical: shapes[step.foreign[0]] for step in MINDSPORE_SCHEME.plan_to_canonical(own)}
+def load_state(model, state: Mapping[str, np.ndarray], framework: str, source: str = "checkpoint",
+               **options) -> LoadReport:
+    """Copies a canonical state into the model (see Twin.load_state for `options`); a state that
+    does not fit is an error naming `source`."""
+    try:
+        return get_twin(framework).load_state(model, state, **options)
+    except TwinError as error:
+        raise MaeconvError(f"{source}: {error}") from None

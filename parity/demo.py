@@ -5,9 +5,9 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
-from ..convert.checkpoints import MINDSPORE, TORCH, read_checkpoint, same_tensors
+from ..convert.checkpoints import MINDSPORE, read_checkpoint, same_tensors
 from ..convert.pipeline import convert, load_canonical
-from ..convert.twins import create_model
+from ..convert.twins import TORCH, create_model
 from ..models.config import ENCODER, get_preset
 from .compare import Report, Row
 from .twins import GRAPH, check_pretrain

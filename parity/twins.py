@@ -9,11 +9,10 @@ from typing import Mapping
 
 import numpy as np
 
-from ..convert.checkpoints import MINDSPORE, TORCH, torch_to_numpy
-from ..convert.schemes import MINDSPORE as MINDSPORE_SCHEME
-from ..convert.twins import create_model, load_state
+from ..convert.twins import FRAMEWORKS, MINDSPORE, TORCH, get_twin
 from ..models import reference
 from ..models.config import CLASSIFY, PRETRAIN, MAEConfig
+from ..models.twins import GRAPH
 from .compare import ABS, EXACT, REL, Report, Tolerance, compare
 
 PRETRAIN_OUTPUTS = ("loss", "pred", "mask", "ids_restore", "latent")
@@ -29,8 +28,6 @@ PRETRAIN_TOLERANCES = {
 CLASSIFY_TOLERANCES = {"logits": Tolerance(ABS, 1e-5)}
 GRADIENT_TOLERANCE = 1e-4  # per tensor: ||g_ms - g_torch|| / ||g_torch||
 
-GRAPH, PYNATIVE = "graph", "pynative"
-
 
 def parity_inputs(config: MAEConfig, batch: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Seeded images and noise. Each noise row is a permutation, so no two values tie and
@@ -42,70 +39,31 @@ def parity_inputs(config: MAEConfig, batch: int = 2, seed: int = 0) -> tuple[np.
     return images, noise
 
 
-def set_mindspore_mode(mode: str) -> None:
-    import mindspore as ms
-
-    ms.set_context(mode=ms.GRAPH_MODE if mode == GRAPH else ms.PYNATIVE_MODE)
-
-
-def _run_masked(model, framework: str, method: str, names: tuple[str, ...], images: np.ndarray,
-                noise: np.ndarray, mask_ratio: float | None) -> dict[str, np.ndarray]:
-    mask_ratio = model.config.mask_ratio if mask_ratio is None else mask_ratio
-    if framework == TORCH:
-        import torch
-
-        with torch.no_grad():
-            outputs = getattr(model, method)(torch.from_numpy(images), mask_ratio, torch.from_numpy(noise))
-        return dict(zip(names, (torch_to_numpy(t) for t in outputs)))
-    import mindspore as ms
-
-    outputs = getattr(model, method)(ms.Tensor(images), mask_ratio, ms.Tensor(noise))
-    return dict(zip(names, (t.asnumpy() for t in outputs)))
-
-
 def run_pretrain(model, framework: str, images: np.ndarray, noise: np.ndarray,
                  mask_ratio: float | None = None) -> dict[str, np.ndarray]:
     """loss, pred, mask, ids_restore, latent of the pretraining model."""
-    return _run_masked(model, framework, "__call__", PRETRAIN_OUTPUTS, images, noise, mask_ratio)
+    outputs = get_twin(framework).run(model, "__call__", images, _ratio(model, mask_ratio), noise)
+    return dict(zip(PRETRAIN_OUTPUTS, outputs))
 
 
 def run_encoder(model, framework: str, images: np.ndarray, noise: np.ndarray,
                 mask_ratio: float | None = None) -> dict[str, np.ndarray]:
     """latent, mask, ids_restore of the pretraining model's encoder."""
-    return _run_masked(model, framework, "forward_encoder", ENCODER_OUTPUTS, images, noise, mask_ratio)
+    outputs = get_twin(framework).run(model, "forward_encoder", images, _ratio(model, mask_ratio), noise)
+    return dict(zip(ENCODER_OUTPUTS, outputs))
+
+
+def _ratio(model, mask_ratio: float | None) -> float:
+    return model.config.mask_ratio if mask_ratio is None else mask_ratio
 
 
 def run_classifier(model, framework: str, images: np.ndarray) -> dict[str, np.ndarray]:
-    if framework == TORCH:
-        import torch
-
-        with torch.no_grad():
-            return {"logits": model(torch.from_numpy(images)).numpy()}
-    import mindspore as ms
-
-    return {"logits": model(ms.Tensor(images)).asnumpy()}
+    return {"logits": get_twin(framework).run(model, "__call__", images)}
 
 
 def pretrain_gradients(model, framework: str, images: np.ndarray, noise: np.ndarray) -> dict[str, np.ndarray]:
     """d loss / d parameter for every trainable parameter, by canonical name."""
-    if framework == TORCH:
-        import torch
-
-        model.zero_grad()
-        loss = model(torch.from_numpy(images), None, torch.from_numpy(noise))[0]
-        loss.backward()
-        return {name: p.grad.numpy().copy() for name, p in model.named_parameters() if p.requires_grad}
-    import mindspore as ms
-
-    params = model.trainable_params()
-
-    def loss_fn(imgs, noise_):
-        return model(imgs, None, noise_)[0]
-
-    grads = ms.grad(loss_fn, grad_position=None, weights=params)(ms.Tensor(images), ms.Tensor(noise))
-    own = {p.name: g.asnumpy() for p, g in zip(params, grads)}
-    plan = MINDSPORE_SCHEME.plan_to_canonical(own)
-    return {step.canonical: own[step.foreign[0]] for step in plan}
+    return get_twin(framework).gradients(model, images, noise)
 
 
 def gradient_errors(actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray]) -> dict[str, float]:
@@ -129,15 +87,11 @@ def _timed(fn, *args):
 def build_model(state: Mapping[str, np.ndarray], config: MAEConfig, framework: str, mode: str = GRAPH,
                 task: str = PRETRAIN):
     """A twin in inference mode with `state` loaded."""
-    if framework == MINDSPORE:
-        set_mindspore_mode(mode)
-    model = create_model(config, task, framework)
-    load_state(model, state, framework)
-    return model.eval() if framework == TORCH else model.set_train(False)
+    return get_twin(framework).build(state, config, task, mode)
 
 
 def build_twins(state: Mapping[str, np.ndarray], config: MAEConfig, task: str, mode: str = GRAPH):
-    return {framework: build_model(state, config, framework, mode, task) for framework in (TORCH, MINDSPORE)}
+    return {framework: build_model(state, config, framework, mode, task) for framework in FRAMEWORKS}
 
 
 def check_pretrain(state: Mapping[str, np.ndarray], config: MAEConfig, batch: int = 2, seed: int = 0,

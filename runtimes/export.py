@@ -80,7 +80,7 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str, task
             from .ascend.mindir import MindIRRunner, export_mindir
 
             log(f"exporting MindIR to {out}")
-            export_mindir(source.cell, task, config, tmp, info)
+            export_mindir(source.graph, task, config, tmp, info)
             exported = MindIRRunner.open(tmp)
         log(f"validating against the {SOURCE_TWIN[fmt]} twin at batch sizes {', '.join(map(str, batches))}")
         if quantize:

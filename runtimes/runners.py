@@ -35,22 +35,20 @@ class Runner:
         return dict(zip(self.info.task.outputs, outputs))
 
 
-class TorchRunner(Runner):
-    def __init__(self, info: GraphInfo, graph):
-        super().__init__(info, f"{TORCH} eager")
-        self.graph = graph
+class TwinRunner(Runner):
+    """A twin wrapped as a task's graph (models/<framework>/graphs.py), run by its adapter."""
+
+    def __init__(self, info: GraphInfo, twin, graph):
+        super().__init__(info, twin.label)
+        self.twin, self.graph = twin, graph
 
     def __call__(self, inputs):
-        import torch
-
-        with torch.inference_mode():
-            outputs = self.graph(*map(torch.from_numpy, self._ordered(inputs)))
-        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-        return self._named(t.numpy() for t in outputs)
+        outputs = self.twin.run(self.graph, "__call__", *self._ordered(inputs))
+        return self._named(outputs if isinstance(outputs, tuple) else (outputs,))
 
 
 class MindSporeRunner(Runner):
-    """A MindSpore cell: the twin in graph mode, or a GraphCell of a loaded MindIR."""
+    """A GraphCell of a loaded MindIR file."""
 
     def __init__(self, info: GraphInfo, cell, name: str):
         super().__init__(info, name)
@@ -66,20 +64,13 @@ class MindSporeRunner(Runner):
 
 def twin_runner(loaded, task, framework: str, config=None) -> Runner:
     """The source twin of `task` with the canonical state of `loaded` (see load_canonical)."""
-    from ..convert.twins import task_of
-    from ..parity.twins import GRAPH, build_model
+    from ..convert.twins import get_twin, task_of
 
     detected = loaded.detected
     config = config or detected.config
-    info = GraphInfo(task, detected.preset, detected.kind, config)
-    model = build_model(loaded.state, config, framework, GRAPH, task_of(detected.kind))
-    if framework == TORCH:
-        from .onnx.graphs import GRAPHS
-
-        return TorchRunner(info, GRAPHS[task.name](model).eval())
-    from .ascend.graphs import GRAPHS
-
-    return MindSporeRunner(info, GRAPHS[task.name](model).set_train(False), f"{MINDSPORE} graph mode")
+    twin = get_twin(framework)
+    model = twin.build(loaded.state, config, task_of(detected.kind))
+    return TwinRunner(GraphInfo(task, detected.preset, detected.kind, config), twin, twin.graph(model, task.name))
 
 
 def runtime_of(path: str | os.PathLike) -> str:

@@ -9,9 +9,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from maeconv.convert.checkpoints import read_checkpoint, torch_to_numpy
+from maeconv.convert.checkpoints import read_checkpoint
 from maeconv.convert.cli import cli
 from maeconv.models import get_config, reference
+from maeconv.models.torch.twin import torch_to_numpy
 from maeconv.parity import twins as parity_twins
 from maeconv.parity.compare import Tolerance
 from maeconv.parity.twins import parity_inputs

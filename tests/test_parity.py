@@ -2,13 +2,13 @@
 import numpy as np
 import pytest
 
-from maeconv.convert.checkpoints import MINDSPORE, TORCH
-from maeconv.convert.twins import create_model, load_state
+from maeconv.convert.twins import MINDSPORE, TORCH, create_model, get_twin, load_state
 from maeconv.models import PRETRAIN, get_config
 from maeconv.models import reference
 from maeconv.parity.compare import EXACT, Tolerance, compare
-from maeconv.parity.twins import (GRADIENT_TOLERANCE, GRAPH, PYNATIVE, check_classifier, check_pretrain,
-                                  gradient_errors, parity_inputs, pretrain_gradients, set_mindspore_mode)
+from maeconv.models.twins import GRAPH, PYNATIVE
+from maeconv.parity.twins import (GRADIENT_TOLERANCE, check_classifier, check_pretrain, gradient_errors,
+                                  parity_inputs, pretrain_gradients)
 
 from helpers import BASE, TINY, TINY_CLS, seeded_state
 
@@ -79,7 +79,7 @@ def test_twin_patchify_matches_reference(framework, tiny_state):
         patches = patches.numpy()
     else:
         import mindspore as ms
-        set_mindspore_mode(PYNATIVE)
+        get_twin(MINDSPORE).set_mode(PYNATIVE)
         patches = model.patchify(ms.Tensor(images))
         restored = model.unpatchify(patches).asnumpy()
         patches = patches.asnumpy()
@@ -90,7 +90,7 @@ def test_twin_patchify_matches_reference(framework, tiny_state):
 def _gradient_parity(state, config, mode):
     images, noise = parity_inputs(config, batch=2, seed=1)
     grads = {}
-    set_mindspore_mode(mode)
+    get_twin(MINDSPORE).set_mode(mode)
     for framework in (TORCH, MINDSPORE):
         model = create_model(config, PRETRAIN, framework)
         load_state(model, state, framework)

@@ -9,7 +9,8 @@ from helpers import TINY, TINY_CLS, seeded_state
 from maeconv.convert.twins import create_model, load_state, model_state
 from maeconv.models import CLASSIFY, PRETRAIN, get_config
 from maeconv.parity.compare import REL, Tolerance, compare
-from maeconv.parity.twins import parity_inputs, set_mindspore_mode
+from maeconv.convert.twins import MINDSPORE, get_twin
+from maeconv.parity.twins import parity_inputs
 from maeconv.runtimes.ascend.optim import NO_WEIGHT_DECAY, layer_id, learning_rate, parameter_groups
 
 STEPS = 5
@@ -68,7 +69,7 @@ def train_mindspore(state, config, task):
     from maeconv.runtimes.ascend.optim import AdamW
     from maeconv.runtimes.ascend.steps import ClassifierLoss, PretrainLoss, TrainStep
 
-    set_mindspore_mode("graph")
+    get_twin(MINDSPORE).set_mode("graph")
     model = create_model(config, task, "mindspore")
     load_state(model, state, "mindspore")
     model.set_train(True)
@@ -206,7 +207,7 @@ def test_accumulation_and_loss_scaling_give_the_plain_step(variant):
 
     from maeconv.runtimes.ascend.steps import AccumulateStep, ApplyStep, PretrainLoss, TrainStep, accumulators_for
 
-    set_mindspore_mode("graph")
+    get_twin(MINDSPORE).set_mode("graph")
     config = get_config(TINY)
     state = seeded_state(TINY)
     images, noise = parity_inputs(config, batch=4, seed=7)
@@ -258,7 +259,7 @@ def test_drop_path_is_stochastic_in_training_only(framework):
     else:
         import mindspore as ms
 
-        set_mindspore_mode("pynative")
+        get_twin(MINDSPORE).set_mode("pynative")
 
         def run(model, train):
             model.set_train(train)
@@ -266,4 +267,4 @@ def test_drop_path_is_stochastic_in_training_only(framework):
     first, second = run(dropping, True), run(dropping, True)
     assert np.abs(first - second).max() > 1e-4
     np.testing.assert_allclose(run(dropping, False), run(plain, False), rtol=0, atol=0)
-    set_mindspore_mode("graph")
+    get_twin(MINDSPORE).set_mode("graph")

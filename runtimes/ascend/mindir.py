@@ -11,7 +11,7 @@ from ..tasks import Task, input_shapes, read_metadata
 
 
 def export_mindir(cell, task: Task, config, path: str | os.PathLike, metadata: Mapping[str, str]) -> None:
-    """Writes `cell` (a cell of runtimes/ascend/graphs.py) to `path`, which must end in .mindir
+    """Writes `cell` (a cell of models/mindspore/graphs.py) to `path`, which must end in .mindir
     (MindSpore appends the suffix otherwise). The batch axis is dynamic (-1 in the file)."""
     import mindspore as ms
 

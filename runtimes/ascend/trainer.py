@@ -26,6 +26,8 @@ from ..images import reconstruction_picture
 from .plots import plot_curves
 
 CHECKPOINT_DIR = "checkpoints"
+MINDSPORE = "mindspore"
+FINETUNE_FRESH = ("head.", "fc_norm.")  # what fine-tuning starts afresh rather than loads
 LOG_FILE = "log.jsonl"
 PLOT_FILE = "curves.png"
 TRAIN_PREFIX = "train."
@@ -102,47 +104,21 @@ def model_config(cfg: dict, task: str, classes: int | None = None, recorded: dic
         raise ConfigError(str(error)) from None
 
 
-def ms_name_map(model) -> dict[str, str]:
-    """MindSpore parameter name -> canonical name."""
-    from ...convert.schemes import MINDSPORE
-
-    names = [name for name, _ in model.parameters_and_names()]
-    return {step.foreign[0]: step.canonical for step in MINDSPORE.plan_to_canonical(names)}
-
-
 def load_initial_weights(model, loaded, task: str, runtime: Runtime) -> None:
     """Pretraining: the whole model, strictly. Fine-tuning: the encoder of a pretraining (or
-    classifier) checkpoint; the head and fc_norm start fresh, the decoder is not used."""
-    import mindspore as ms
-    from mindspore.common.initializer import TruncatedNormal, initializer
-
-    from ...convert.schemes import MINDSPORE, apply_from_canonical
-    from ...convert.twins import load_state
+    classifier) checkpoint; the head and fc_norm start fresh (the head re-initialised with a tiny
+    truncated normal, as the reference fine-tuning starts), the decoder is not used."""
+    from ...convert.twins import get_twin, load_state
 
     path = loaded.checkpoint.path
     if task == PRETRAIN:
-        load_state(model, loaded.state, "mindspore", source=str(path))
+        load_state(model, loaded.state, MINDSPORE, source=str(path))
         runtime.say(f"loaded {path} ({loaded.detected.preset}, {loaded.detected.kind})")
         return
-    canonical = {canon: own for own, canon in ms_name_map(model).items()}
-    shapes = {name: tuple(p.shape) for name, p in model.parameters_and_names()}
-    fresh = ("head.", "fc_norm.")
-    usable = {k: v for k, v in loaded.state.items() if k in canonical and not k.startswith(fresh)}
-    wrong = [k for k, v in usable.items() if tuple(v.shape) != shapes[canonical[k]]]
-    if wrong:
-        raise MaeconvError(f"{path}: {wrong[0]} has shape {usable[wrong[0]].shape}, the model expects "
-                           f"{shapes[canonical[wrong[0]]]} (different img_size or preset?)")
-    missing = sorted(k for k in canonical if k not in usable and not k.startswith(fresh))
-    if missing:
-        raise MaeconvError(f"{path}: {len(missing)} encoder tensors missing (e.g. {missing[0]})")
-    own = apply_from_canonical(MINDSPORE.plan_from_canonical(usable), usable)
-    for name, param in model.parameters_and_names():
-        if name in own:
-            param.set_data(ms.Tensor(np.ascontiguousarray(own[name].load(), np.float32)))
-    # The reference re-initialises the head with a tiny truncated normal before fine-tuning.
-    model.head.weight.set_data(initializer(TruncatedNormal(sigma=2e-5), model.head.weight.shape, ms.float32))
-    unused = len(loaded.state) - len(usable)
-    runtime.say(f"loaded the encoder of {path} ({len(usable)} tensors; {unused} not used; head and fc_norm new)")
+    report = load_state(model, loaded.state, MINDSPORE, source=str(path), fresh=FINETUNE_FRESH, unused_ok=True)
+    get_twin(MINDSPORE).initialise_head(model, std=2e-5)
+    used = len(loaded.state) - len(report.unused)
+    runtime.say(f"loaded the encoder of {path} ({used} tensors; {len(report.unused)} not used; head and fc_norm new)")
 
 
 # --- checkpoints ---
@@ -324,7 +300,7 @@ def train(cfg: dict, finetune: bool = False) -> dict:
                                  rank=runtime.rank, world=runtime.world)
     initial = load_canonical(resolve_checkpoint(cfg["model"]["checkpoint"])) if cfg["model"]["checkpoint"] else None
     config = model_config(cfg, task, probe.classes, initial.recorded if initial else None)
-    model = create_model(config, task, "mindspore")
+    model = create_model(config, task, MINDSPORE)
     if finetune:
         model.pos_embed.requires_grad = True  # fine-tuning trains the position table, as the reference
     if initial is not None:
@@ -567,7 +543,7 @@ def run_eval(cfg: dict) -> dict:
         raise ConfigError("eval needs a classifier checkpoint: --eval.checkpoint PATH")
     path, loaded = load_checkpoint_of_kind(path, CLASSIFIER, "eval needs a fine-tuned classifier")
     config = loaded.detected.config
-    model = build_model(loaded.state, config, "mindspore", cfg["mode"], CLASSIFY)
+    model = build_model(loaded.state, config, MINDSPORE, cfg["mode"], CLASSIFY)
     result = evaluate_model(model, cfg, config, runtime)
     runtime.say(f"{path} on {Path(cfg['data']['path'], cfg['data']['val_split'])}: {_eval_line(result)}")
     output_dir = Path(cfg["output_dir"])
@@ -591,7 +567,7 @@ def run_predict(cfg: dict) -> list[Path]:
         raise ConfigError("predict needs a pretraining checkpoint: --predict.checkpoint PATH")
     path, loaded = load_checkpoint_of_kind(path, FULL, "pictures need encoder and decoder")
     config = loaded.settings(norm_pix_loss=cfg["model"]["norm_pix_loss"], mask_ratio=cfg["model"]["mask_ratio"]).config
-    model = build_model(loaded.state, config, "mindspore", cfg["mode"])
+    model = build_model(loaded.state, config, MINDSPORE, cfg["mode"])
     dcfg = cfg["data"]
     count = int(cfg["predict"]["images"])
     split = data_lib.build_split(dcfg["path"], dcfg["val_split"], data_lib.EVAL, config.img_size, count,
@@ -599,7 +575,7 @@ def run_predict(cfg: dict) -> list[Path]:
     images, _ = next(split.dataset.create_tuple_iterator(output_numpy=True, num_epochs=1))
     noise = np.random.default_rng(cfg["predict"]["mask_seed"]).random((len(images), config.num_patches),
                                                                          dtype=np.float32)
-    outputs = run_pretrain(model, "mindspore", images, noise)
+    outputs = run_pretrain(model, MINDSPORE, images, noise)
     folder = Path(cfg["output_dir"]) / "predict"
     folder.mkdir(parents=True, exist_ok=True)
     written = [folder / f"reconstruction_{i:03d}.png" for i in range(len(images))]

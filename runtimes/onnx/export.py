@@ -37,7 +37,7 @@ def _quiet_exporter():
 
 
 def export_onnx(graph, task: Task, config, path: str | os.PathLike, metadata: Mapping[str, str]) -> None:
-    """Writes `graph` (a module of runtimes/onnx/graphs.py) to `path`, batch axis dynamic."""
+    """Writes `graph` (a module of models/torch/graphs.py) to `path`, batch axis dynamic."""
     import torch
 
     example = random_inputs(task, config, batch=2, rng=np.random.default_rng(0))

@@ -1,4 +1,4 @@
-"""The MindSpore twin as one cell per task; mirrors runtimes/onnx/graphs.py.
+"""The MindSpore twin as one cell per task; mirrors models/torch/graphs.py.
 
 Each takes the images first, then the noise where the task masks; nothing random happens
 inside, so an exported MindIR computes the same mask for the same noise on every run.
