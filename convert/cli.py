@@ -16,7 +16,8 @@ import click
 os.environ.setdefault("GLOG_v", "3")  # MindSpore's runtime warnings are noise on a terminal
 
 from ..models.config import ACTIVATION_NAMES, ALIASES, MAX_IMG_SIZE, PRESETS, PRETRAIN, get_preset  # noqa: E402
-from .checkpoints import FRAMEWORKS, MINDSPORE, TORCH  # noqa: E402
+from .formats import MINDSPORE, TORCH  # noqa: E402
+from .twins import FRAMEWORKS  # noqa: E402
 from .errors import MaeconvError, one_line  # noqa: E402
 from .outputs import Interrupted, handle_signals  # noqa: E402
 from .schemes import SCHEME_ALIASES, SCHEMES  # noqa: E402
@@ -245,7 +246,8 @@ def download(name, list_names, force, as_json):
     """Fetch an official checkpoint into the cache: resumable; kept only when complete, matching its
     md5 prefix (where published) and parsing as its preset and kind. MAECONV_DOWNLOAD_STALL_S,
     MAECONV_DOWNLOAD_DEADLINE_S and MAECONV_DOWNLOAD_MAX_BYTES bound the wait and the size."""
-    from .hub import CHECKPOINTS, cache_dir, fetch, url_of
+    from .hub import CHECKPOINTS, cache_dir, url_of
+    from .pipeline import fetch_official
 
     if list_names or not name:
         entries = [{"name": known, "kind": entry.kind, "preset": entry.preset, "url": url_of(known)}
@@ -266,7 +268,7 @@ def download(name, list_names, force, as_json):
         if bar is not None:
             bar.update(advance)
 
-    path = fetch(name, log=say, progress=progress, force=force)
+    path = fetch_official(name, log=say, progress=progress, force=force)
     if bar is not None:
         bar.render_finish()
     click.echo(json.dumps({"name": name, "path": str(path), "bytes": path.stat().st_size}) if as_json

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from ..models.config import CLASSIFIER, ENCODER, FULL, checkpoint_shapes, get_preset
-from .checkpoints import MINDSPORE, SAFETENSORS, SUFFIX_FORMATS, TORCH
+from .formats import FORMATS, SUFFIX_FORMATS
 from .errors import MaeconvError
 from .transfer import HEAD_BYTES, DownloadError, Limits, download
 
@@ -124,28 +124,26 @@ def _env_number(variable: str, default: float) -> float:
     return value
 
 
-# What the first bytes of each format are; a file that starts otherwise is not worth keeping.
-SIGNATURES: dict[str, tuple[str, Callable[[bytes], bool]]] = {
-    TORCH: ("PyTorch checkpoint", lambda head: head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"),
-    SAFETENSORS: ("safetensors file", lambda head: len(head) >= 9 and head[8:9] == b"{"),
-    MINDSPORE: ("MindSpore checkpoint", lambda head: head[:1] == b"\x0a"),
-}
-
-
 def head_check(entry: Official) -> Callable[[bytes], str | None]:
     """What is wrong with a file's first bytes for the entry's format, or None."""
-    label, fits = SIGNATURES[SUFFIX_FORMATS[Path(entry.path).suffix.lower()]]
+    fmt = FORMATS[SUFFIX_FORMATS[Path(entry.path).suffix.lower()]]
 
     def problem(head: bytes) -> str | None:
         if not head:
-            return f"empty body, not a {label}"
-        return None if fits(head) else f"not a {label}: it starts with {head[:HEAD_BYTES]!r}"
+            return f"empty body, not a {fmt.label}"
+        return None if fmt.starts(head, None) else f"not a {fmt.label}: it starts with {head[:HEAD_BYTES]!r}"
     return problem
 
 
-def fetch(name: str, log: Callable[[str], None] | None = None, progress=None, force: bool = False) -> Path:
+# What a downloaded file is: (preset, kind), as the checkpoint reader detects them.
+Identify = Callable[[Path], tuple[str, str]]
+
+
+def fetch(name: str, identify: Identify, log: Callable[[str], None] | None = None, progress=None,
+          force: bool = False) -> Path:
     """The cached file of an official checkpoint, downloading (or resuming) it first if needed.
-    The cache only receives a complete file that parses as the entry's preset and kind."""
+    The cache only receives a complete file that `identify` finds to be the entry's preset and kind
+    (the reader is handed in: it sits above this module)."""
     if name not in CHECKPOINTS:
         raise MaeconvError(f"{name}: not an official checkpoint name"
                            + (did_you_mean(name) or "; `maeconv download --list` lists them"))
@@ -162,17 +160,17 @@ def fetch(name: str, log: Callable[[str], None] | None = None, progress=None, fo
         url = url_of(name)
         if log:
             log(f"downloading {name} from {url}")
-        _download_verified(url, entry, out, partial, limits, progress, log)
+        _download_verified(url, entry, identify, out, partial, limits, progress, log)
         os.replace(partial, target)
     return target
 
 
-def _download_verified(url: str, entry: Official, out: BinaryIO, partial: Path, limits: Limits,
-                       progress, log) -> None:
+def _download_verified(url: str, entry: Official, identify: Identify, out: BinaryIO, partial: Path,
+                       limits: Limits, progress, log) -> None:
     """Brings the partial file to complete and verified, or raises with what became of it."""
     try:
         download(url, out, limits, head_check(entry), progress, log)
-        _verify(partial, entry)
+        _verify(partial, entry, identify)
     except DownloadError as error:
         out.flush()
         kept = 0 if error.drop else os.fstat(out.fileno()).st_size
@@ -183,25 +181,23 @@ def _download_verified(url: str, entry: Official, out: BinaryIO, partial: Path, 
         raise MaeconvError(f"{url}: {error}; {fate}") from None
 
 
-def _verify(partial: Path, entry: Official) -> None:
+def _verify(partial: Path, entry: Official, identify: Identify) -> None:
     """The downloaded file is the entry: its published md5 prefix, and it parses as its preset and kind."""
-    from .pipeline import load_canonical
-
     if entry.md5_prefix:
         digest = md5_of(partial)
         if not digest.startswith(entry.md5_prefix):
             raise DownloadError(f"md5 {digest[:6]}... does not match the published {entry.md5_prefix}",
                                 drop=True)
     try:
-        detected = load_canonical(partial).detected
+        preset, kind = identify(partial)
     except MaeconvError as error:
         raise DownloadError(f"the file does not parse: {str(error).removeprefix(f'{partial}: ')}",
                             drop=True) from None
     except Exception as error:  # the bytes came from the network: whatever a reader trips on, they go
         raise DownloadError(f"the file does not parse ({type(error).__name__})", drop=True) from None
     expected = get_preset(entry.preset).name
-    if (detected.preset, detected.kind) != (expected, entry.kind):
-        raise DownloadError(f"holds a {detected.preset} {detected.kind} checkpoint, not the expected "
+    if (preset, kind) != (expected, entry.kind):
+        raise DownloadError(f"holds a {preset} {kind} checkpoint, not the expected "
                             f"{expected} {entry.kind}", drop=True)
 
 

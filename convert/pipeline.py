@@ -14,31 +14,18 @@ from typing import Callable
 
 import numpy as np
 
-from .checkpoints import HF_DIR, MINDSPORE, SAFETENSORS, SUFFIX_FORMATS, TORCH, Checkpoint, output_target, read_checkpoint
+from . import hub
 from .detect import Detected, detect
 from .errors import MaeconvError
-from .outputs import check_target
+from .formats import FORMATS, Checkpoint, Format, format_of_output, read_checkpoint
+from .outputs import Target, check_target
+from .schemes import (HF, SCHEMES, MappingError, Scheme, Step, apply_from_canonical, apply_to_canonical, get_scheme,
+                      is_training_state, scheme_of_format)
 from .settings import BY_NAME, Resolved, recorded_settings, resolve_settings, settings_record
-from .schemes import (FACEBOOK, HF, MINDSPORE as MINDSPORE_SCHEME, SCHEMES, MappingError, Scheme, Step,
-                      apply_from_canonical, apply_to_canonical, get_scheme)
 from .tensors import TensorRef
 
-# The scheme a format's files use unless told otherwise.
-SCHEME_OF_FORMAT = {TORCH: FACEBOOK, SAFETENSORS: FACEBOOK, MINDSPORE: MINDSPORE_SCHEME, HF_DIR: HF}
-SUFFIX_OF_FORMAT = {TORCH: ".pth", MINDSPORE: ".ckpt", SAFETENSORS: ".safetensors", HF_DIR: ""}
-
-# Optimizer moments and bookkeeping that training checkpoints hold beside the model: MindFormers
-# and MindSpore's Adam write adam_m./adam_v.; maeconv's trainer writes train.*.
-MOMENT_PREFIXES = ("adam_m.", "adam_v.")
-TRAINING_STATE_PREFIXES = (*MOMENT_PREFIXES, "train.")
-TRAINING_STATE_NAMES = frozenset({"global_step", "epoch_num", "step_num", "learning_rate", "current_iterator_step",
-                                  "scale_sense", "loss_scale", "beta1_power", "beta2_power"})
 # What torch training checkpoints hold beside 'model' that is optimizer state, not model.
 TORCH_TRAINING_EXTRAS = ("optimizer", "scaler", "lr_scheduler")
-
-
-def is_training_state(name: str) -> bool:
-    return name.startswith(TRAINING_STATE_PREFIXES) or name in TRAINING_STATE_NAMES
 
 
 @dataclass
@@ -60,8 +47,7 @@ class Loaded:
     @property
     def framework(self) -> str:
         """The framework whose files these are: MindSpore's for .ckpt and MindSpore-family names."""
-        mindspore_family = self.scheme.name in ("mindspore", "mindformers")
-        return MINDSPORE if self.checkpoint.format == MINDSPORE or mindspore_family else TORCH
+        return FORMATS[self.checkpoint.format].framework or self.scheme.framework
 
     def settings(self, **flags) -> Resolved:
         """The config to run this checkpoint with: flags (None: not given) > the file > the preset."""
@@ -73,14 +59,22 @@ def resolve(source: str | os.PathLike, log: Callable[[str], None] | None = None)
     path = Path(source)
     if path.exists():
         return path
-    from .hub import CHECKPOINTS, did_you_mean, fetch
-
-    if str(source) in CHECKPOINTS:
-        return fetch(str(source), log=log)
-    suggestion = did_you_mean(str(source))
+    if str(source) in hub.CHECKPOINTS:
+        return fetch_official(str(source), log=log)
+    suggestion = hub.did_you_mean(str(source))
     if suggestion:
         raise MaeconvError(f"{source}: no such file or official checkpoint name{suggestion}")
     return path  # the reader reports the missing file
+
+
+def fetch_official(name: str, log: Callable[[str], None] | None = None, progress=None, force: bool = False) -> Path:
+    """An official checkpoint's cached file, downloaded if needed and only kept when it reads as
+    the preset and kind of its name."""
+    def preset_and_kind(path: Path) -> tuple[str, str]:
+        detected = load_canonical(path).detected
+        return detected.preset, detected.kind
+
+    return hub.fetch(name, preset_and_kind, log=log, progress=progress, force=force)
 
 
 def load_canonical(source: str | os.PathLike, scheme: str | None = None, allow_unmapped: bool = False,
@@ -112,7 +106,7 @@ def load_canonical(source: str | os.PathLike, scheme: str | None = None, allow_u
 
 
 def _candidate_schemes(fmt: str) -> list[Scheme]:
-    first = SCHEME_OF_FORMAT[fmt]
+    first = scheme_of_format(fmt)
     return [first, *(s for s in SCHEMES.values() if s is not first)]
 
 
@@ -133,23 +127,14 @@ def _load_with(scheme: Scheme, checkpoint: Checkpoint, names: list[str], skipped
     return Loaded(checkpoint, scheme, plan, refs, detected, skipped, unmapped)
 
 
-def default_output(src: str | os.PathLike, fmt: str) -> Path:
-    return Path(src).with_suffix(SUFFIX_OF_FORMAT[fmt])
-
-
-def format_of_output(path: Path, scheme: str | None) -> str:
-    """The format a new file gets: from its suffix; a suffix-less path or --to hf is an HF directory."""
-    suffix = path.suffix.lower()
-    if suffix in SUFFIX_FORMATS:
-        return SUFFIX_FORMATS[suffix]
-    if suffix == "" or scheme == "hf":
-        return HF_DIR
-    raise MaeconvError(f"{path}: unknown output format {suffix!r} (use .pth, .bin, .safetensors, .ckpt, "
-                       "or a directory name for a Hugging Face model)")
+def default_output(src: str | os.PathLike, fmt: Format) -> Path:
+    return Path(src).with_suffix(fmt.suffixes[0] if fmt.suffixes else "")
 
 
 @dataclass
 class Conversion:
+    """What a conversion did (or, dry, would do): one result, with its notes and warnings."""
+
     source: Path
     output: Path
     format: str
@@ -168,7 +153,7 @@ class Conversion:
                 "skipped_training_state": self.skipped, "notes": self.notes, "warnings": self.warnings}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Options:
     """What `maeconv convert` may change on the way; the defaults change nothing."""
 
@@ -186,50 +171,56 @@ class Options:
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike | None, fmt: str | None = None,
-            force: bool = False, options: Options | None = None, log: Callable[[str], None] | None = None,
+            options: Options = Options(), log: Callable[[str], None] | None = None,
             progress: Callable[[int], Callable[[int], None] | None] | None = None) -> Conversion:
-    """Converts `src` into `dst`; `fmt` forces the output format (else from `dst`'s suffix).
-    `progress(total_bytes)` may return a callback that is told the bytes of each tensor handled."""
+    """Converts `src` into `dst`; `fmt` forces the output format (else from `dst`'s suffix; without
+    `dst`, the input's name with the format's suffix). `progress(total_bytes)` may return a callback
+    that is told the bytes of each tensor handled."""
     from . import transforms, writers
 
-    options = options or Options(force=force)
-    options.force = options.force or force
-    if dst is None:
-        dst = default_output(src, fmt or MINDSPORE)
-    dst = Path(dst)
-    fmt = fmt or format_of_output(dst, options.scheme)
-    if not options.dry_run:
-        check_target(output_target(dst, fmt), options.force, inputs=[src])  # before the (possibly long) read
+    output_format = FORMATS[fmt] if fmt else format_of_output(Path(dst), options.scheme)
+    dst = Path(dst) if dst is not None else default_output(src, output_format)
+    if not options.dry_run:  # before the (possibly long) read
+        check_target(Target(dst, output_format.folder_members), options.force, inputs=[src])
     loaded = load_canonical(src, options.source_scheme, options.allow_unmapped, log)
-    target = get_scheme(options.scheme) if options.scheme else SCHEME_OF_FORMAT[fmt]
-    if fmt == HF_DIR and target is not HF:
+    target = get_scheme(options.scheme) if options.scheme else scheme_of_format(output_format.name)
+    if output_format.folder_members is not None and target is not HF:
         raise MaeconvError(f"{dst}: a Hugging Face directory holds hf names, not {target.name}")
+    changed = transforms.apply(loaded, options)
+    recorded = {k: v for k, v in loaded.recorded.items() if k != "img_size"}  # the weights fix it
+    settings = resolve_settings(changed.detected.config, recorded, str(loaded.checkpoint.path), **options.settings)
+    try:
+        plan = target.plan_from_canonical(changed.refs)
+    except MappingError as error:
+        raise MaeconvError(f"{dst}: {error}") from None
+    tensors = apply_from_canonical(plan, changed.refs)
+    carried = writers.carry_optimizer(loaded, target, output_format, changed.refs) if options.keep_optimizer else {}
+    tensors.update(carried)
+    detected = changed.detected
+    done = Conversion(Path(src), dst, output_format.name, target.name, detected.preset, detected.kind, len(tensors),
+                      len(loaded.skipped), _notes(loaded, options, changed, carried),
+                      mapping=mapping_table(loaded, plan, changed.refs))
+    if options.dry_run:
+        return done
+    update = progress(2 * sum(ref.nbytes for ref in tensors.values())) if progress else None
+    output = writers.Output(dst, output_format, target, settings.config, detected.kind)
+    nonfinite = writers.write(output, tensors, options.force, [loaded.checkpoint.path], update)
+    if nonfinite:
+        done.warnings.append(f"{len(nonfinite)} tensors hold NaN or Inf values (written as they are): "
+                             f"{', '.join(nonfinite[:5])}")
+    return done
+
+
+def _notes(loaded: Loaded, options: Options, changed, carried: dict) -> list[str]:
     notes = []
     if loaded.skipped and not options.keep_optimizer:
         notes.append(f"skipped {len(loaded.skipped)} optimizer/training-state entries (not part of the model)")
     if loaded.unmapped:
         notes.append(f"left out {len(loaded.unmapped)} names that map nowhere: {', '.join(loaded.unmapped[:5])}")
-    refs, detected = transforms.apply(loaded, options, notes)
-    recorded = {k: v for k, v in loaded.recorded.items() if k != "img_size"}  # the weights fix it
-    settings = resolve_settings(detected.config, recorded, str(loaded.checkpoint.path), **options.settings)
-    detected = replace(detected, config=settings.config)
-    try:
-        plan = target.plan_from_canonical(refs)
-    except MappingError as error:
-        raise MaeconvError(f"{dst}: {error}") from None
-    tensors = apply_from_canonical(plan, refs)
+    notes += changed.notes
     if options.keep_optimizer:
-        tensors.update(writers.carry_optimizer(loaded, target, fmt, refs, notes))
-    done = Conversion(Path(src), dst, fmt, target.name, detected.preset, detected.kind, len(tensors),
-                      len(loaded.skipped), notes, mapping=mapping_table(loaded, plan, refs))
-    if options.dry_run:
-        return done
-    update = progress(2 * sum(ref.nbytes for ref in tensors.values())) if progress else None
-    nonfinite = writers.write(dst, tensors, fmt, target, detected, loaded, options, update)
-    if nonfinite:
-        done.warnings.append(f"{len(nonfinite)} tensors hold NaN or Inf values (written as they are): "
-                             f"{', '.join(nonfinite[:5])}")
-    return done
+        notes.append(f"kept {len(carried)} optimizer/training-state entries")
+    return notes
 
 
 def mapping_table(loaded: Loaded, target_plan: list[Step], refs: dict[str, TensorRef]) -> list[dict]:

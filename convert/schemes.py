@@ -88,12 +88,26 @@ class Step:
 
 @dataclass(frozen=True)
 class Scheme:
+    """One naming scheme: its rule table and the facts of its files."""
+
     name: str
     description: str
     rules: tuple[Rule, ...]
+    framework: str                   # whose files these are: "torch" or "mindspore"
+    formats: tuple[str, ...] = ()    # the formats whose files use this scheme unless told otherwise
+    # Prefixes of training state stored beside the model by parameter name (optimizer moments by
+    # the scheme's own names come first); () where a file's optimizer state is not kept by name.
+    training_prefixes: tuple[str, ...] = ()
+    metadata_tag: str = "pt"         # the framework tag safetensors metadata carries ('format')
     # Names no rule matches are the same in this scheme as in the canonical one.
     passthrough: bool = False
     _compiled: list = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def optimizer_prefixes(self) -> tuple[str, ...]:
+        """Optimizer moments stored as <prefix><parameter name> (MindSpore's adam_m./adam_v.)."""
+        return tuple(prefix for prefix in self.training_prefixes if prefix in MOMENT_PREFIXES)
+
 
     def _patterns(self):
         if self._compiled is None:
@@ -218,10 +232,16 @@ def block_rules(canonical_prefix: str, foreign_prefix: str, table, read_also_pre
     return tuple(rules)
 
 
+# MindSpore's optimizer moments, and maeconv's trainer's bookkeeping, by parameter name.
+MOMENT_PREFIXES = ("adam_m.", "adam_v.")
+MINDSPORE_TRAINING = (*MOMENT_PREFIXES, "train.")
+
 FACEBOOK = Scheme(
     "facebook",
     "facebookresearch/mae and timm: the canonical names",
     rules=(),
+    framework="torch",
+    formats=("torch", "safetensors"),
     passthrough=True,
 )
 
@@ -234,6 +254,10 @@ MINDSPORE = Scheme(
         Rule("{norm}.weight", "{norm}.gamma"),
         Rule("{norm}.bias", "{norm}.beta"),
     ),
+    framework="mindspore",
+    formats=("mindspore",),
+    training_prefixes=MINDSPORE_TRAINING,
+    metadata_tag="ms",
     passthrough=True,
 )
 
@@ -267,6 +291,8 @@ HF = Scheme(
         Rule("decoder_norm.{p}", "decoder.decoder_norm.{p}"),
         Rule("decoder_pred.{p}", "decoder.decoder_pred.{p}"),
     ),
+    framework="torch",
+    formats=("hf-dir",),
 )
 
 MINDFORMERS_BLOCK = (
@@ -306,10 +332,29 @@ MINDFORMERS = Scheme(
         Rule("decoder_norm.bias", "decoder_norm.beta"),
         Rule("decoder_pred.{p}", "decoder_pred.{p}"),
     ),
+    framework="mindspore",
+    training_prefixes=MINDSPORE_TRAINING,
+    metadata_tag="ms",
 )
 
 SCHEMES: dict[str, Scheme] = {scheme.name: scheme for scheme in (FACEBOOK, HF, MINDFORMERS, MINDSPORE)}
 SCHEME_ALIASES = {"timm": "facebook"}
+
+
+# What MindSpore's training wrappers keep beside the model, by name.
+TRAINING_STATE_NAMES = frozenset({"global_step", "epoch_num", "step_num", "learning_rate", "current_iterator_step",
+                                  "scale_sense", "loss_scale", "beta1_power", "beta2_power"})
+TRAINING_PREFIXES = tuple(dict.fromkeys(p for scheme in SCHEMES.values() for p in scheme.training_prefixes))
+
+
+def is_training_state(name: str) -> bool:
+    """Optimizer state or training bookkeeping, not part of the model, in any scheme's files."""
+    return name.startswith(TRAINING_PREFIXES) or name in TRAINING_STATE_NAMES
+
+
+def scheme_of_format(fmt: str) -> Scheme:
+    """The scheme a format's files use unless told otherwise."""
+    return next(scheme for scheme in SCHEMES.values() if fmt in scheme.formats)
 
 
 def get_scheme(name: str) -> Scheme:

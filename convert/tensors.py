@@ -276,14 +276,11 @@ def _map_region(path: str, offset: int, nbytes: int) -> np.ndarray | None:
     return np.frombuffer(mapping, np.uint8, nbytes, start)
 
 
-def spans_equal(a: Span, b: Span, nbytes: int, dtype: np.dtype, nonfinite: Callable[[], None] | None) -> bool:
-    """Compares two files' regions in place, through memory maps (so memory stays near one tensor);
-    calls `nonfinite` if `b` holds NaN or Inf."""
-    equal, finite = _arrays_equal(_map_region(a.path, a.offset, nbytes), _map_region(b.path, b.offset, nbytes),
-                                  dtype, check_finite=nonfinite is not None)
-    if equal and not finite:
-        nonfinite()
-    return equal
+def spans_equal(a: Span, b: Span, nbytes: int, dtype: np.dtype) -> tuple[bool, bool]:
+    """(whether two files' regions are equal, whether `b`'s holds no NaN or Inf), compared in place
+    through memory maps, so memory stays near one tensor."""
+    return _arrays_equal(_map_region(a.path, a.offset, nbytes), _map_region(b.path, b.offset, nbytes), dtype,
+                         check_finite=True)
 
 
 def _arrays_equal(x: np.ndarray | None, y: np.ndarray | None, dtype: np.dtype, check_finite: bool) -> tuple[bool, bool]:

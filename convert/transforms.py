@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -14,29 +15,39 @@ from .tensors import TensorRef, dtype_by_name
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
-def apply(loaded, options, notes: list[str]) -> tuple[dict[str, TensorRef], Detected]:
-    refs, detected = dict(loaded.refs), loaded.detected
+@dataclass
+class Changed:
+    """The canonical state after the changes asked for, and notes on what each did."""
+
+    refs: dict[str, TensorRef]
+    detected: Detected
+    notes: list[str] = field(default_factory=list)
+
+
+def apply(loaded, options) -> Changed:
+    changed = Changed(dict(loaded.refs), loaded.detected)
     if options.fc_norm_from_norm and options.kind != CLASSIFIER:
         raise MaeconvError("--fc-norm-from-norm goes with --kind classifier")
-    if options.kind == CLASSIFIER and detected.kind != CLASSIFIER:
-        refs, detected = to_classifier(refs, detected, options.fc_norm_from_norm, notes)
-    elif options.kind not in (None, detected.kind):
-        raise MaeconvError(f"{loaded.checkpoint.path}: cannot turn a {detected.kind} checkpoint into {options.kind}")
-    if options.img_size and options.img_size != detected.config.img_size:
-        refs, detected = resize_positions(refs, detected, options.img_size, notes)
+    if options.kind == CLASSIFIER and changed.detected.kind != CLASSIFIER:
+        changed = to_classifier(changed, options.fc_norm_from_norm)
+    elif options.kind not in (None, changed.detected.kind):
+        raise MaeconvError(f"{loaded.checkpoint.path}: cannot turn a {changed.detected.kind} checkpoint into "
+                           f"{options.kind}")
+    if options.img_size and options.img_size != changed.detected.config.img_size:
+        changed = resize_positions(changed, options.img_size)
     if options.dtype:
         dtype = dtype_by_name(DTYPES[options.dtype])
-        refs = {name: ref.cast(dtype) if ref.dtype.kind == "f" or ref.dtype.name == "bfloat16" else ref
-                for name, ref in refs.items()}
-    return refs, detected
+        changed.refs = {name: ref.cast(dtype) if ref.dtype.kind == "f" or ref.dtype.name == "bfloat16" else ref
+                        for name, ref in changed.refs.items()}
+    return changed
 
 
-def to_classifier(refs: dict[str, TensorRef], detected: Detected, fc_norm_from_norm: bool,
-                  notes: list[str]) -> tuple[dict[str, TensorRef], Detected]:
+def to_classifier(changed: Changed, fc_norm_from_norm: bool) -> Changed:
     """A fine-tuning initialisation, as the reference fine-tuning starts: the encoder without its
     final norm, fc_norm fresh (or copied from norm on request), and a fresh head."""
     from ..models.config import get_preset
 
+    refs, detected, notes = changed.refs, changed.detected, list(changed.notes)
     preset = detected.preset.removeprefix("mae_")
     config = detected.config.replace(global_pool=True)
     dim = config.embed_dim
@@ -59,20 +70,19 @@ def to_classifier(refs: dict[str, TensorRef], detected: Detected, fc_norm_from_n
     notes.append(f"dropped {dropped} pretraining-only tensors (decoder, mask token, final norm)")
     get_preset(preset)  # the classifier preset of the same architecture must exist
     ordered = {k: encoder[k] for k in checkpoint_shapes(config, CLASSIFIER)}
-    return ordered, Detected(preset, CLASSIFIER, config)
+    return Changed(ordered, Detected(preset, CLASSIFIER, config), notes)
 
 
-def resize_positions(refs: dict[str, TensorRef], detected: Detected, img_size: int,
-                     notes: list[str]) -> tuple[dict[str, TensorRef], Detected]:
+def resize_positions(changed: Changed, img_size: int) -> Changed:
     """pos_embed resized for another resolution the reference way (2-D bicubic, cls row kept);
     the decoder's fixed sin-cos table rebuilt for the new grid, as the reference model builds it."""
-    config = detected.config
+    config = changed.detected.config
     new = config.replace(img_size=img_size)
     try:
         new.check()  # before any table of the new size is planned
     except ValueError as error:
         raise MaeconvError(f"--img-size {img_size}: {error}") from None
-    refs = dict(refs)
+    refs, notes = dict(changed.refs), list(changed.notes)
     source = refs["pos_embed"]
     refs["pos_embed"] = TensorRef(source.dtype, (1, 1 + new.num_patches, config.embed_dim),
                                   lambda: interpolate_pos_embed(source.load(), new.grid_size))
@@ -83,7 +93,7 @@ def resize_positions(refs: dict[str, TensorRef], detected: Detected, img_size: i
         refs["decoder_pos_embed"] = TensorRef(dtype, (1, 1 + new.num_patches, config.decoder_embed_dim),
                                               lambda: sincos_2d(config.decoder_embed_dim, new.grid_size)[None].astype(dtype))
         notes.append("decoder_pos_embed rebuilt as the fixed sin-cos table of the new grid")
-    return refs, Detected(detected.preset, detected.kind, new)
+    return Changed(refs, replace(changed.detected, config=new), notes)
 
 
 def interpolate_pos_embed(table: np.ndarray, grid: int) -> np.ndarray:

@@ -5,8 +5,9 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
-from ..convert.checkpoints import MINDSPORE, read_checkpoint, same_tensors
-from ..convert.pipeline import convert, load_canonical
+from ..convert.formats import read_checkpoint
+from ..convert.verify import same_tensors
+from ..convert.pipeline import Options, convert, load_canonical
 from ..convert.twins import TORCH, create_model
 from ..models.config import ENCODER, get_preset
 from .compare import Report, Row
@@ -28,9 +29,9 @@ def run_demo(workdir: Path, preset: str = "mae_vit_base_patch16", log: Callable[
     log(f"writing {source} (official layout, seeded random weights)")
     write_official_checkpoint(source, preset)
     log("converting torch -> MindSpore")
-    converted = convert(source, workdir / f"{preset}_seeded.ckpt", MINDSPORE, force=True)
+    converted = convert(source, workdir / f"{preset}_seeded.ckpt", options=Options(force=True))
     log("converting MindSpore -> torch")
-    back = convert(converted.output, workdir / f"{preset}_roundtrip.pth", TORCH, force=True)
+    back = convert(converted.output, workdir / f"{preset}_roundtrip.pth", options=Options(force=True))
     differ = same_tensors(read_checkpoint(source).tensors, read_checkpoint(back.output).tensors)
     log("running both twins and the float64 reference")
     loaded = load_canonical(converted.output)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..convert.checkpoints import MINDSPORE, TORCH
+from ..convert.twins import MINDSPORE, TORCH
 from ..convert.errors import MaeconvError
 from ..convert.outputs import check_target, staged
 from ..convert.pipeline import load_canonical

@@ -9,7 +9,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..convert.checkpoints import MINDSPORE, TORCH
+from ..convert.twins import MINDSPORE, TORCH
 from ..convert.errors import MaeconvError
 from .tasks import GraphInfo
 

@@ -7,8 +7,7 @@ os.environ.setdefault("GLOG_v", "3")
 import numpy as np
 import torch
 
-from maeconv.convert.checkpoints import TORCH
-from maeconv.convert.twins import create_model, model_state
+from maeconv.convert.twins import TORCH, create_model, model_state
 from maeconv.models import ENCODER, get_config, get_preset
 
 TINY = "mae_vit_tiny_patch8"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from maeconv.convert.checkpoints import read_checkpoint
+from maeconv.convert.formats import read_checkpoint
 from maeconv.convert.cli import cli
 from maeconv.models import get_config, reference
 from maeconv.models.torch.twin import torch_to_numpy

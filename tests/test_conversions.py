@@ -6,7 +6,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from maeconv.convert.checkpoints import read_checkpoint
+from maeconv.convert.formats import read_checkpoint
 from maeconv.convert.cli import cli
 from maeconv.convert.pipeline import load_canonical
 from maeconv.convert.schemes import HF, MINDFORMERS, apply_from_canonical

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from maeconv.convert import hub, transfer
 from maeconv.convert.cli import cli
+from maeconv.convert.pipeline import fetch_official
 from maeconv.models import config
 
 from helpers import TINY, kind_state, save_official
@@ -548,7 +549,7 @@ def test_a_second_download_of_a_name_waits_for_the_first(hostile, tmp_path, payl
 
     def fetch(index):
         try:
-            paths[index] = hub.fetch("mae_tiny", log=logs[index].append)
+            paths[index] = fetch_official("mae_tiny", log=logs[index].append)
         except Exception as error:  # reported below, in the test's thread
             failures.append(error)
 
@@ -583,7 +584,7 @@ def test_progress_counts_every_byte(hostile, tmp_path, payload):
     (tmp_path / "cache" / "tiny.pth.part").write_bytes(payload[:1000])
     hostile.script = serve(payload)
     calls = []
-    hub.fetch("mae_tiny", progress=lambda total, advance: calls.append((total, advance)))
+    fetch_official("mae_tiny", progress=lambda total, advance: calls.append((total, advance)))
     assert calls[0] == (len(payload), 1000) and sum(advance for _, advance in calls) == len(payload)
 
 

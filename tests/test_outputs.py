@@ -149,16 +149,16 @@ def test_staging_folder_is_private_and_outputs_get_the_usual_mode(tmp_path, monk
 # --- races: an existing output is never silently replaced ---
 
 def test_an_output_appearing_during_the_work_is_kept_and_reported(tmp_path, tiny_pth, monkeypatch):
-    from maeconv.convert import checkpoints
+    from maeconv.convert import writers
 
-    original = checkpoints.write_verified
+    original = writers.write_verified
     out = tmp_path / "race.ckpt"
 
     def other_run_wins(path, *args, **kwargs):
         original(path, *args, **kwargs)
         out.write_bytes(b"the other run's file")
 
-    monkeypatch.setattr(checkpoints, "write_verified", other_run_wins)
+    monkeypatch.setattr(writers, "write_verified", other_run_wins)
     fails(run("torch2ms", tiny_pth, out), "race.ckpt", "appeared while maeconv was writing")
     assert out.read_bytes() == b"the other run's file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mae_tiny.pth", "race.ckpt"]
@@ -189,14 +189,14 @@ def test_rename_without_replacing_is_exclusive(tmp_path):
 
 SLOW_CONVERSION = textwrap.dedent("""
     import sys, time
-    from maeconv.convert import checkpoints
+    from maeconv.convert import writers
     from maeconv.convert.cli import main
-    original = checkpoints.write_verified
+    original = writers.write_verified
     def slow(*args, **kwargs):
         original(*args, **kwargs)
         print("written", flush=True)
         time.sleep(60)
-    checkpoints.write_verified = slow
+    writers.write_verified = slow
     sys.argv = ["maeconv", "torch2ms", sys.argv[1], sys.argv[2]]
     main()
 """)

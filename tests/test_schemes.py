@@ -43,7 +43,7 @@ def test_two_names_for_one_tensor_is_an_error():
 TOY = Scheme("toy", "split and transposed weights, no passthrough", rules=(
     Rule("blocks.{n}.attn.qkv.weight", ("layer.{n}.q", "layer.{n}.k", "layer.{n}.v"), SPLIT),
     Rule("blocks.{n}.mlp.fc1.weight", "layer.{n}.mapping", TRANSPOSE),
-))
+), framework="torch")
 
 
 def test_split_and_transpose_run_both_ways():

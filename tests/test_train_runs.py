@@ -72,7 +72,7 @@ def test_tiny_pretraining_makes_its_data_and_learns(pretrained):
 def test_training_checkpoint_converts_and_loads_strictly_into_torch(pretrained, tmp_path):
     import torch
 
-    from maeconv.convert.checkpoints import read_checkpoint
+    from maeconv.convert.formats import read_checkpoint
     from maeconv.convert.twins import create_model
     from maeconv.models import PRETRAIN, get_config
 
@@ -171,7 +171,7 @@ def msrun(log_dir, *script_args):
 
 
 def test_two_ranks_equal_one_process_with_twice_the_batch(pretrained, tmp_path):
-    from maeconv.convert.checkpoints import read_checkpoint
+    from maeconv.convert.formats import read_checkpoint
 
     cwd, _ = pretrained
     common = ["--config", TINY_CONFIG, "--data.path", cwd / "data" / "synthetic_imagenet", "--data.augment", "none",

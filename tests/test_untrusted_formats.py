@@ -14,7 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from maeconv.convert.checkpoints import read_checkpoint
+from maeconv.convert.formats import read_checkpoint
 from maeconv.convert.cli import cli
 from maeconv.convert.errors import MaeconvError
 from maeconv.convert.formats import ckpt, safetensors as st_format
@@ -286,7 +286,7 @@ def test_a_directory_without_config_is_not_a_checkpoint(tmp_path):
 
 BOUNDED_READ = """
 import resource, sys
-from maeconv.convert.checkpoints import read_checkpoint
+from maeconv.convert.formats import read_checkpoint
 from maeconv.convert.errors import MaeconvError
 
 def status(field):  # in bytes; VmHWM is this image's peak (ru_maxrss keeps the parent's across exec)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from maeconv.convert.checkpoints import read_checkpoint
+from maeconv.convert.formats import read_checkpoint
 from maeconv.convert.cli import cli
 from maeconv.convert.errors import MaeconvError
 from maeconv.convert.formats import torchpickle
@@ -199,7 +199,7 @@ def test_a_storage_entry_must_hold_exactly_its_declared_bytes(tmp_path, entry_by
 
 def _run_reader(path, timeout=120):
     """maeconv's reader in a child process (a crash there fails the test instead of ending it)."""
-    script = ("import sys; from maeconv.convert.checkpoints import read_checkpoint\n"
+    script = ("import sys; from maeconv.convert.formats import read_checkpoint\n"
               "from maeconv.convert.errors import MaeconvError\n"
               "try:\n    read_checkpoint(sys.argv[1]); print('READ')\n"
               "except MaeconvError as error:\n    print('ERROR', error)\n")
@@ -449,7 +449,7 @@ def test_legacy_files_torch_writes_read_exactly_and_lazily(tmp_path):
 def test_legacy_reading_needs_no_torch(tmp_path):
     path = tmp_path / "legacy.pth"
     torch.save({"model": {"w": torch.arange(6.0).reshape(2, 3)}}, path, _use_new_zipfile_serialization=False)
-    script = ("import sys; from maeconv.convert.checkpoints import read_checkpoint; "
+    script = ("import sys; from maeconv.convert.formats import read_checkpoint; "
               f"print(read_checkpoint({str(path)!r}).tensors['w'].load().tolist()); "
               "assert 'torch' not in sys.modules")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import math
 from pathlib import Path
 from typing import BinaryIO, Iterator, Mapping
@@ -18,7 +19,11 @@ from typing import BinaryIO, Iterator, Mapping
 import numpy as np
 
 from ..errors import MaeconvError
+from ..settings import RECORD_KEY, settings_record
 from ..tensors import MAX_DIMS, MAX_TENSORS, Piece, TensorRef, Verdict, checked_shape, dtype_by_name, write_stream
+from .base import Checkpoint
+
+NAME = "mindspore"
 
 TYPES = {"Float32": "float32", "Float16": "float16", "Float64": "float64", "BFloat16": "bfloat16",
          "Int8": "int8", "UInt8": "uint8", "Int16": "int16", "UInt16": "uint16", "Int32": "int32",
@@ -157,6 +162,26 @@ def _read_spans(path: Path, dtype: np.dtype, shape: tuple, spans: list) -> np.nd
                 raise MaeconvError(f"{path}: file ends inside a tensor")
             position += length
     return array
+
+
+def starts(head: bytes, size: int | None = None) -> bool:
+    """A Value record (field 1, length-delimited): not a magic, as likely in any protobuf, so it only
+    rules files out."""
+    return head[:1] == b"\x0a"
+
+
+def read_file(path: Path) -> Checkpoint:
+    tensors, extras = read(path)
+    return Checkpoint(path, NAME, tensors, extras)
+
+
+def write_file(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping, **read_back) -> dict[str, Verdict]:
+    return write(path, tensors, extras.get("strings"), **read_back)
+
+
+def extras_for(config, kind: str, tag: str) -> dict:
+    """The settings as a string entry, as MindSpore stores strings (its loaders skip them)."""
+    return {"strings": {RECORD_KEY: json.dumps(settings_record(config))}}
 
 
 def read(path: Path) -> tuple[dict[str, TensorRef], dict]:

@@ -13,13 +13,38 @@ from pathlib import Path
 from typing import Mapping
 
 from ..errors import MaeconvError
+from ..settings import RECORD_KEY, settings_record
 from ..tensors import MAX_TENSORS, TensorRef, Verdict, checked_shape, dtype_by_name, write_stream
+from .base import Checkpoint
+
+NAME = "safetensors"
 
 CODES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
          "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "U16": "uint16", "U32": "uint32",
          "U64": "uint64", "BOOL": "bool"}
 CODE_OF = {name: code for code, name in CODES.items()}
 MAX_HEADER = 100_000_000  # the safetensors library's limit
+
+
+def starts(head: bytes, size: int | None = None) -> bool:
+    """An 8-byte header length (shorter than the file, where its size is known), then the JSON
+    header's brace."""
+    return len(head) >= 9 and head[8:9] == b"{" and (size is None or int.from_bytes(head[:8], "little") < size)
+
+
+def read_file(path: Path) -> Checkpoint:
+    tensors, metadata = read(path)
+    return Checkpoint(path, NAME, tensors, metadata=metadata)
+
+
+def write_file(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping, **read_back) -> dict[str, Verdict]:
+    return write(path, tensors, extras.get("metadata"), **read_back)
+
+
+def extras_for(config, kind: str, tag: str) -> dict:
+    """The settings as one JSON string in the header's __metadata__, beside the framework tag
+    ('pt' or 'ms') that safetensors readers look for."""
+    return {"metadata": {"format": tag, RECORD_KEY: json.dumps(settings_record(config))}}
 
 
 def read(path: Path) -> tuple[dict[str, TensorRef], dict]:

@@ -25,7 +25,7 @@ os.environ.setdefault("GLOG_v", "3")
 
 import numpy as np  # noqa: E402
 
-from maeconv.convert.checkpoints import TORCH  # noqa: E402
+from maeconv.convert.twins import TORCH  # noqa: E402
 from maeconv.convert.pipeline import load_canonical  # noqa: E402
 from maeconv.convert.twins import create_model  # noqa: E402
 from maeconv.models import get_preset  # noqa: E402

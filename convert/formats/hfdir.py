@@ -1,0 +1,68 @@
+"""Hugging Face model directories: config.json beside model.safetensors (or pytorch_model.bin), as
+transformers' save_pretrained writes them for ViTMAE."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping
+
+from ...models.config import ENCODER, MAEConfig
+from ..errors import MaeconvError
+from ..settings import settings_record
+from ..tensors import TensorRef, Verdict
+from . import pytorch, safetensors
+from .base import Checkpoint
+
+NAME = "hf-dir"
+WEIGHTS = {"model.safetensors": safetensors.read_file, "pytorch_model.bin": pytorch.read}
+WRITTEN = frozenset({"config.json", "model.safetensors"})  # all that --force may replace in one
+
+
+def read(path: Path) -> Checkpoint:
+    config_path = path / "config.json"
+    weights = [path / name for name in WEIGHTS if (path / name).is_file()]
+    if not config_path.is_file() or not weights:
+        raise MaeconvError(f"{path}: not a Hugging Face model directory (needs config.json and "
+                           f"{' or '.join(WEIGHTS)})")
+    try:
+        config = json.loads(config_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise MaeconvError(f"{config_path}: not valid JSON ({error})") from None
+    inner = WEIGHTS[weights[0].name](weights[0])
+    return Checkpoint(path, NAME, inner.tensors, inner.extras, config if isinstance(config, dict) else {})
+
+
+def write(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping, *, verify) -> dict[str, Verdict]:
+    """The folder: config.json, then model.safetensors written by `verify` (which reads it back)."""
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(extras["config"], indent=2) + "\n")
+    verify(path / "model.safetensors", safetensors.NAME, {"metadata": {"format": "pt"}})
+    return {}
+
+
+def extras_for(config: MAEConfig, kind: str, tag: str) -> dict:
+    return {"config": config_json(config, kind)}
+
+
+def config_json(config: MAEConfig, kind: str) -> dict:
+    """config.json of transformers' ViTMAE, with the model's settings under transformers' names."""
+    return {
+        "architectures": ["ViTMAEModel" if kind == ENCODER else "ViTMAEForPreTraining"],
+        "model_type": "vit_mae",
+        "image_size": config.img_size,
+        "patch_size": config.patch_size,
+        "num_channels": config.in_chans,
+        "hidden_size": config.embed_dim,
+        "num_hidden_layers": config.depth,
+        "num_attention_heads": config.num_heads,
+        "intermediate_size": int(config.embed_dim * config.mlp_ratio),
+        "decoder_hidden_size": config.decoder_embed_dim,
+        "decoder_num_hidden_layers": config.decoder_depth,
+        "decoder_num_attention_heads": config.decoder_num_heads,
+        "decoder_intermediate_size": int(config.decoder_embed_dim * config.mlp_ratio),
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "initializer_range": 0.02,
+        "qkv_bias": True,
+        **settings_record(config),
+    }
