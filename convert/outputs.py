@@ -16,7 +16,6 @@ something it must not replace.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import logging
 import os
@@ -28,12 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from . import libc
 from .errors import MaeconvError
 
 LOG = logging.getLogger("maeconv")
 STAGING_PATTERN = re.compile(r"\.maeconv-(\d+)-[0-9a-f]{8}\.tmp\Z")
-RENAME_NOREPLACE = 1
-AT_FDCWD = -100
 
 
 @dataclass(frozen=True)
@@ -235,29 +233,25 @@ def _commit(staging: Path, targets: Sequence[Target], force: bool, inputs: list)
             for name in sorted({*entries, *companions} - {".replaced"}):
                 existing = folder / name
                 if os.path.lexists(existing):
-                    _rename(existing, aside / name, replace=False)
+                    _rename(existing, aside / name)
                     moved.append((existing, aside / name))
         for name in entries:
             _apply_default_mode(staging / name)
-            _rename(staging / name, folder / name, replace=False)
+            _rename(staging / name, folder / name)
             moved.append((staging / name, folder / name))
     except BaseException as error:  # an interrupt too: never leave half a set
         for source, destination in reversed(moved):
             with contextlib.suppress(OSError):
-                _rename(destination, source, replace=False)
+                _rename(destination, source)
         if isinstance(error, OSError) and error.errno == errno.EEXIST:
             raise MaeconvError(f"{error.filename or targets[0].path}: appeared while maeconv was "
                                "writing (another run?); nothing replaced") from None
         raise
 
 
-def _rename(source: Path, destination: Path, replace: bool) -> None:
-    """Atomic rename; without `replace`, fails with EEXIST rather than replace anything."""
-    if replace:
-        os.replace(source, destination)
-        return
-    result = _renameat2(source, destination)
-    if result is None:  # no renameat2 here: link + unlink is just as exclusive, for files
+def _rename(source: Path, destination: Path) -> None:
+    """Atomic rename that fails with EEXIST rather than replace anything."""
+    if not libc.rename_noreplace(source, destination):  # no renameat2: link + unlink is as exclusive, for files
         if source.is_dir() and not source.is_symlink():
             if os.path.lexists(destination):
                 raise FileExistsError(errno.EEXIST, "File exists", str(destination))
@@ -265,34 +259,6 @@ def _rename(source: Path, destination: Path, replace: bool) -> None:
         else:
             os.link(source, destination, follow_symlinks=False)
             os.unlink(source)
-
-
-def _renameat2(source: Path, destination: Path) -> bool | None:
-    libc = _libc()
-    if libc is None:
-        return None
-    if libc.renameat2(AT_FDCWD, os.fsencode(source), AT_FDCWD, os.fsencode(destination), RENAME_NOREPLACE) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL):  # old kernel, or a filesystem without the flag
-        return None
-    raise OSError(code, os.strerror(code), str(destination))
-
-
-_LIBC: list = []
-
-
-def _libc():
-    """The C library's renameat2, looked up once and only when needed (absent off glibc)."""
-    if not _LIBC:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.renameat2.restype = ctypes.c_int
-            libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-        except (OSError, AttributeError):
-            libc = None
-        _LIBC.append(libc)
-    return _LIBC[0]
 
 
 def _umask() -> int:

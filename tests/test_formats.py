@@ -280,3 +280,21 @@ def test_a_safetensors_header_whose_length_starts_like_a_pickle_reads_as_safeten
     checkpoint = read_checkpoint(path)
     assert checkpoint.format == "safetensors" and checkpoint.metadata["pad"].startswith("x")
     assert checkpoint.tensors["a"].load().tobytes() == tensor.tobytes()
+
+
+def test_maeconv_works_where_the_c_library_cannot_be_loaded(tmp_path, tiny_pth):
+    """Without libc (memcmp, fallocate, renameat2) maeconv falls back, and still converts exactly."""
+    script = ("import ctypes, sys\n"
+              "def no_libc(*args, **kwargs): raise OSError('no C library here')\n"
+              "ctypes.CDLL = no_libc\n"
+              "from maeconv.convert.pipeline import convert\n"
+              "convert(sys.argv[1], sys.argv[2])\n")
+    out = tmp_path / "out.ckpt"
+    result = subprocess.run([sys.executable, "-c", script, str(tiny_pth), str(out)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    back = tmp_path / "back.pth"
+    assert subprocess.run([sys.executable, "-m", "maeconv.convert.cli", "ms2torch", str(out), str(back)],
+                          capture_output=True, timeout=120).returncode == 0
+    expected, actual = read_checkpoint(tiny_pth).tensors, read_checkpoint(back).tensors
+    assert all(actual[name].load().tobytes() == ref.load().tobytes() for name, ref in expected.items())

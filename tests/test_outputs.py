@@ -179,9 +179,9 @@ def test_rename_without_replacing_is_exclusive(tmp_path):
     (tmp_path / "a").write_bytes(b"a")
     (tmp_path / "b").write_bytes(b"b")
     with pytest.raises(FileExistsError):
-        outputs._rename(tmp_path / "a", tmp_path / "b", replace=False)
+        outputs._rename(tmp_path / "a", tmp_path / "b")
     assert (tmp_path / "b").read_bytes() == b"b"
-    outputs._rename(tmp_path / "a", tmp_path / "c", replace=False)
+    outputs._rename(tmp_path / "a", tmp_path / "c")
     assert (tmp_path / "c").read_bytes() == b"a" and not (tmp_path / "a").exists()
 
 

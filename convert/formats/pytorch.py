@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Mapping
 
-from ..errors import MaeconvError
+from ..errors import MaeconvError, first_line
 from ..settings import args_record
 from ..tensors import TensorRef, Verdict
 from . import torchlegacy, torchpickle, torchzip
@@ -59,8 +59,7 @@ def _torch_load(path: Path):
             warnings.simplefilter("ignore")  # torch's notes on odd pickle protocols; failures are reported below
             return _torch_to_refs(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as error:  # torch raises many types for bad files; all mean the same here
-        lines = str(error).strip().splitlines()
-        reason = lines[0] if lines else type(error).__name__
+        reason = first_line(error)
         if "weights_only" in str(error) or "Unsupported global" in str(error):
             reason = "the pickle refers to code that a safe load refuses to run"
         raise MaeconvError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None

@@ -4,18 +4,15 @@ from __future__ import annotations
 from mindspore import Tensor, nn, ops
 
 from ..config import MAEConfig
-from .layers import build_encoder, layer_norm, linear
+from .layers import ViTEncoder, layer_norm, linear
 
 
-class VisionTransformer(nn.Cell):
+class VisionTransformer(ViTEncoder):
     """ViT classifier: mean of patch tokens -> fc_norm -> head, or cls token -> norm -> head."""
 
     def __init__(self, config: MAEConfig):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         cfg = config
-        self.global_pool = cfg.global_pool
-        build_encoder(self, cfg)
         if cfg.global_pool:
             self.fc_norm = layer_norm(cfg.embed_dim, cfg.norm_eps)
         else:
@@ -25,18 +22,14 @@ class VisionTransformer(nn.Cell):
     def forward_tokens(self, imgs: Tensor) -> Tensor:
         """(N, 1 + L, D) encoder tokens; normed only without global pooling (fc_norm normalises
         the pooled vector instead), as timm's forward_features."""
-        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
-        cls_tokens = ops.broadcast_to(self.cls_token + self.pos_embed[:, :1, :], (x.shape[0], 1, x.shape[2]))
-        x = ops.concat([cls_tokens, x], 1)
-        for blk in self.blocks:
-            x = blk(x)
-        if self.global_pool:
+        x = self.apply_blocks(self.append_cls_token(self.embed_patches(imgs)))
+        if self.config.global_pool:
             return x
         return self.norm(x)
 
     def pool(self, tokens: Tensor) -> Tensor:
         """The pre-logits embedding: fc_norm of the mean patch token, or the normed cls token."""
-        if self.global_pool:
+        if self.config.global_pool:
             return self.fc_norm(tokens[:, 1:, :].mean(axis=1))
         return tokens[:, 0]
 

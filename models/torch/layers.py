@@ -84,14 +84,32 @@ def token(dim: int) -> nn.Parameter:
     return nn.Parameter(nn.init.normal_(torch.empty(1, 1, dim), std=0.02))
 
 
-def build_encoder(model: nn.Module, cfg) -> None:
-    """Sets the ViT encoder's parts on `model` itself, where their canonical names put them."""
-    model.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim)
-    model.cls_token = token(cfg.embed_dim)
-    model.pos_embed = frozen_table(sincos_2d(cfg.embed_dim, cfg.grid_size))
-    model.blocks = nn.ModuleList(
-        Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps, rate, cfg.activation)
-        for rate in drop_path_rates(cfg))
+class ViTEncoder(nn.Module):
+    """The ViT encoder's parts, on the model itself where their canonical names put them, and the
+    steps both models take through them."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = cfg = config
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim)
+        self.cls_token = token(cfg.embed_dim)
+        self.pos_embed = frozen_table(sincos_2d(cfg.embed_dim, cfg.grid_size))
+        self.blocks = nn.ModuleList(
+            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps, rate, cfg.activation)
+            for rate in drop_path_rates(cfg))
+
+    def embed_patches(self, imgs: torch.Tensor) -> torch.Tensor:
+        # embed patches, add pos embed w/o cls token
+        return self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
+
+    def append_cls_token(self, x: torch.Tensor) -> torch.Tensor:
+        cls_tokens = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
+        return torch.cat([cls_tokens, x], dim=1)
+
+    def apply_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            x = blk(x)
+        return x
 
 
 def frozen_table(table) -> nn.Parameter:

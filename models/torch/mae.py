@@ -6,17 +6,15 @@ from torch import nn
 
 from ..config import MAEConfig
 from ..pos_embed import sincos_2d
-from .layers import Block, build_encoder, frozen_table, init_weights, token
+from .layers import Block, ViTEncoder, frozen_table, init_weights, token
 
 
-class MaskedAutoencoderViT(nn.Module):
+class MaskedAutoencoderViT(ViTEncoder):
     """Masked autoencoder with a ViT encoder and a light transformer decoder."""
 
     def __init__(self, config: MAEConfig):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         cfg = config
-        build_encoder(self, cfg)
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
 
         self.decoder_embed = nn.Linear(cfg.embed_dim, cfg.decoder_embed_dim)
@@ -50,33 +48,31 @@ class MaskedAutoencoderViT(nn.Module):
         n, length, dim = x.shape
         len_keep = int(length * (1 - mask_ratio))
         if noise is None:
-            noise = torch.rand(n, length, device=x.device)
+            noise = torch.rand(n, length, device=x.device)  # noise in [0, 1]
+        # sort noise for each sample: ascend, small is keep, large is remove
         ids_shuffle = torch.argsort(noise, dim=1)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
+        # keep the first subset
         ids_keep = ids_shuffle[:, :len_keep]
         x_kept = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, dim))
+        # generate the binary mask: 0 is keep, 1 is remove, unshuffled to the patch order
         mask = torch.ones(n, length, device=x.device, dtype=x.dtype)
         mask[:, :len_keep] = 0
         mask = torch.gather(mask, 1, ids_restore)
         return x_kept, mask, ids_restore
 
     def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
-        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
+        x = self.embed_patches(imgs)
+        # masking: length -> length * (1 - mask_ratio)
         x, mask, ids_restore = self.random_masking(x, mask_ratio, noise)
-        cls_tokens = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
-        x = torch.cat([cls_tokens, x], dim=1)
-        for blk in self.blocks:
-            x = blk(x)
+        x = self.append_cls_token(x)
+        # apply Transformer blocks
+        x = self.apply_blocks(x)
         return self.norm(x), mask, ids_restore
 
     def forward_tokens(self, imgs: torch.Tensor) -> torch.Tensor:
         """The encoder on every patch, no masking: (N, 1 + L, D) after the final norm."""
-        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
-        cls_tokens = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
-        x = torch.cat([cls_tokens, x], dim=1)
-        for blk in self.blocks:
-            x = blk(x)
-        return self.norm(x)
+        return self.norm(self.apply_blocks(self.append_cls_token(self.embed_patches(imgs))))
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """The image embedding of a pretrained encoder: its normed cls token, as timm's
@@ -84,14 +80,18 @@ class MaskedAutoencoderViT(nn.Module):
         return tokens[:, 0]
 
     def forward_decoder(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        # embed tokens
         x = self.decoder_embed(x)
+        # append mask tokens to sequence, unshuffle, then add pos embed
         n, tokens, dim = x.shape
         mask_tokens = self.mask_token.expand(n, ids_restore.shape[1] + 1 - tokens, -1)
-        x_ = torch.cat([x[:, 1:, :], mask_tokens], dim=1)
+        x_ = torch.cat([x[:, 1:, :], mask_tokens], dim=1)  # no cls token
         x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, dim))
-        x = torch.cat([x[:, :1, :], x_], dim=1) + self.decoder_pos_embed
+        x = torch.cat([x[:, :1, :], x_], dim=1) + self.decoder_pos_embed  # append cls token
+        # apply Transformer blocks
         for blk in self.decoder_blocks:
             x = blk(x)
+        # predictor projection, then remove cls token
         return self.decoder_pred(self.decoder_norm(x))[:, 1:, :]
 
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -5,17 +5,15 @@ import torch
 from torch import nn
 
 from ..config import MAEConfig
-from .layers import build_encoder, init_weights
+from .layers import ViTEncoder, init_weights
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(ViTEncoder):
     """ViT classifier: mean of patch tokens -> fc_norm -> head, or cls token -> norm -> head."""
 
     def __init__(self, config: MAEConfig):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         cfg = config
-        build_encoder(self, cfg)
         if cfg.global_pool:
             self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         else:
@@ -29,11 +27,7 @@ class VisionTransformer(nn.Module):
     def forward_tokens(self, imgs: torch.Tensor) -> torch.Tensor:
         """(N, 1 + L, D) encoder tokens; normed only without global pooling (fc_norm normalises
         the pooled vector instead), as timm's forward_features."""
-        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
-        cls_tokens = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
-        x = torch.cat([cls_tokens, x], dim=1)
-        for blk in self.blocks:
-            x = blk(x)
+        x = self.apply_blocks(self.append_cls_token(self.embed_patches(imgs)))
         return x if self.config.global_pool else self.norm(x)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:

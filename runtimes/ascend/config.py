@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from ...convert.errors import first_line
+
 RUN_MODES = ("train", "finetune", "eval", "predict")
 
 DEFAULTS: dict = {
@@ -150,7 +152,7 @@ def load_config(path: str | Path | None, overrides: list[str] | dict | None = No
         except OSError as error:
             raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
         except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+            raise ConfigError(f"{path}: not valid YAML ({first_line(error)})") from None
         if not isinstance(recipe, dict):
             raise ConfigError(f"{path}: not a config (expected YAML keys such as model:, data:, train:)")
         try:

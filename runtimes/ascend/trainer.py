@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...convert.errors import MaeconvError
+from ...convert.errors import MaeconvError, first_line
 from ...convert.outputs import staged, write_file
 from ...models.config import CLASSIFY, FULL, PRETRAIN, get_preset
 from . import data as data_lib
@@ -172,7 +172,7 @@ def restore_training_checkpoint(path: Path, model, optimizer, scaler=None) -> di
     try:
         saved = ms.load_checkpoint(str(path))
     except Exception as error:
-        raise MaeconvError(f"{path}: not a readable MindSpore checkpoint ({str(error).splitlines()[0]})") from None
+        raise MaeconvError(f"{path}: not a readable MindSpore checkpoint ({first_line(error)})") from None
     targets = {name: param for name, param in model.parameters_and_names()}
     targets.update(optimizer.state())
     if scaler is not None:
