@@ -97,8 +97,10 @@ class MaskedAutoencoderViT(ViTEncoder):
         target = self.patchify(imgs)
         if self.config.norm_pix_loss:
             mean = target.mean(axis=-1, keep_dims=True)
-            var = target.var(axis=-1, ddof=1, keepdims=True)  # unbiased, as the reference
-            target = (target - mean) / ops.sqrt(var + 1.0e-6)
+            centered = target - mean
+            # unbiased, as the reference; by hand, as Tensor.var branches on ddof, a Switch in MindIR
+            var = (centered * centered).sum(axis=-1, keepdims=True) / (target.shape[-1] - 1)
+            target = centered / ops.sqrt(var + 1.0e-6)
         loss = ((pred - target) ** 2).mean(axis=-1)
         return (loss * mask).sum() / mask.sum()
 
