@@ -6,6 +6,7 @@ os.environ.setdefault("GLOG_v", "3")
 
 import numpy as np
 import torch
+from click.testing import CliRunner
 
 from maeconv.convert.twins import TORCH, create_model, model_state
 from maeconv.models import ENCODER, get_config, get_preset
@@ -43,3 +44,10 @@ def save_official(path, state, with_args=True):
         obj.update(args=argparse.Namespace(model="mae_vit_tiny_patch8", norm_pix_loss=True), epoch=3)
     torch.save(obj, path)
     return path
+
+
+def run_cli(*args, catch_exceptions: bool = True):
+    """`maeconv ARGS...` in this process, as click runs it (stdout and stderr apart)."""
+    from maeconv.convert.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=catch_exceptions)

@@ -114,7 +114,10 @@ def test_bad_value_gets_one_error_line_and_writes_nothing(inputs, tmp_path, monk
 
 def test_a_demo_whose_round_trip_differs_fails(tmp_path, monkeypatch):
     from maeconv.parity import demo
+    from maeconv.parity.compare import Report, Row
 
+    passing = Report("twins agree", [Row("torch vs reference", "loss", 0.0, 0.0, "rel 1e-06", True)])
+    monkeypatch.setattr(demo, "check_pretrain", lambda *args, **kwargs: passing)
     monkeypatch.setattr(demo, "same_tensors", lambda *args: ["blocks.0.attn.qkv.weight"])
     result = CliRunner().invoke(cli, ["demo", "--workdir", str(tmp_path), "--preset", TINY, "--json"])
     assert result.exit_code == 1

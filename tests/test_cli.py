@@ -7,21 +7,19 @@ import sys
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from maeconv.convert.formats import read_checkpoint
-from maeconv.convert.cli import cli
 from maeconv.models import get_config, reference
 from maeconv.models.torch.twin import torch_to_numpy
 from maeconv.parity import twins as parity_twins
 from maeconv.parity.compare import Tolerance
 from maeconv.parity.twins import parity_inputs
 
-from helpers import TINY, TINY_CLS, kind_state, save_official, seeded_state
+from helpers import run_cli, TINY, TINY_CLS, kind_state, save_official, seeded_state
 
 
 def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return run_cli(*args, catch_exceptions=False)
 
 
 def test_torch_to_mindspore_and_back_is_bit_identical(tmp_path, tiny_pth, tiny_state):

@@ -4,15 +4,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from maeconv.convert.formats import read_checkpoint
-from maeconv.convert.cli import cli
 from maeconv.convert.pipeline import load_canonical
 from maeconv.convert.schemes import HF, MINDFORMERS, apply_from_canonical
 from maeconv.models import CLASSIFIER, get_config
 
-from helpers import TINY, TINY_CLS, kind_state, save_official, seeded_state
+from helpers import run_cli, TINY, TINY_CLS, kind_state, save_official, seeded_state
 
 # (output name, --to, expected format, expected scheme)
 TARGETS = [
@@ -27,7 +25,7 @@ TARGETS = [
 
 
 def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return run_cli(*args, catch_exceptions=False)
 
 
 def _assert_bit_identical(path, state):

@@ -10,14 +10,12 @@ import zipfile
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 from maeconv.convert import hub, transfer
-from maeconv.convert.cli import cli
 from maeconv.convert.pipeline import fetch_official
 from maeconv.models import config
 
-from helpers import TINY, kind_state, save_official
+from helpers import run_cli as run, TINY, kind_state, save_official
 from hostile_http import ScriptedServer, chunked, closed_port, endless, reply, reset_after, serve, slowly
 
 
@@ -67,8 +65,6 @@ def server(tmp_path, monkeypatch, payload):
     httpd.shutdown()
 
 
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def test_download_checks_and_caches(server, tmp_path):

@@ -7,17 +7,13 @@ import sys
 import textwrap
 
 import pytest
-from click.testing import CliRunner
 
 from maeconv.convert import outputs
-from maeconv.convert.cli import cli
 from maeconv.convert.errors import MaeconvError
 
-from helpers import save_official
+from helpers import run_cli as run
 
 
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def snapshot(folder):

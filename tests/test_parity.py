@@ -32,6 +32,7 @@ def test_tiny_encoder_only(tiny_state):
     assert {r.output for r in report.rows} == {"latent", "mask", "ids_restore"}
 
 
+@pytest.mark.slow
 def test_base_pretrain_forward(base_state):
     _assert_passed(check_pretrain(base_state, get_config(BASE, norm_pix_loss=True), batch=2, mode=GRAPH))
 
@@ -42,9 +43,9 @@ def test_tiny_classifier_logits(global_pool):
     _assert_passed(check_classifier(state, get_config(TINY_CLS, global_pool=global_pool), batch=3, mode=GRAPH))
 
 
-def test_base_classifier_logits():
-    state = seeded_state("vit_base_patch16")
-    _assert_passed(check_classifier(state, get_config("vit_base_patch16"), batch=2, mode=GRAPH))
+@pytest.mark.slow
+def test_base_classifier_logits(base_classifier_state):
+    _assert_passed(check_classifier(base_classifier_state, get_config("vit_base_patch16"), batch=2, mode=GRAPH))
 
 
 def test_masking_follows_the_noise(tiny_state):
@@ -107,6 +108,7 @@ def test_tiny_gradients(tiny_state, mode):
     _gradient_parity(tiny_state, get_config(TINY, norm_pix_loss=True), mode)
 
 
+@pytest.mark.slow
 def test_base_gradients(base_state):
     _gradient_parity(base_state, get_config(BASE), PYNATIVE)
 

@@ -4,10 +4,8 @@ import json
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from maeconv.convert.cli import cli
 from maeconv.convert.pipeline import load_canonical
 from maeconv.models import get_config, reference
 from maeconv.parity.compare import ABS, EXACT, Tolerance, compare
@@ -16,13 +14,11 @@ from maeconv.runtimes.images import IMAGENET_MEAN, IMAGENET_STD, eval_transform,
 from maeconv.runtimes.runners import open_graph, twin_runner
 from maeconv.runtimes.tasks import TASKS, random_inputs
 
-from helpers import TINY, TINY_CLS, kind_state, save_official, seeded_state
+from helpers import run_cli as run, TINY, TINY_CLS, kind_state, save_official, seeded_state
 
 FLOAT64_TOL = 1e-4  # float32 runtimes against the float64 reference, tiny model
 
 
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +87,7 @@ def exported(files):
     return done
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt,task,kind", EXPORTS)
 def test_export_validates_and_matches_reference(files, exported, fmt, task, kind):
     _, _, states = files
@@ -109,6 +106,7 @@ def test_export_validates_and_matches_reference(files, exported, fmt, task, kind
     assert all(row.passed for row in rows), rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["pretrain", "features", "classify"])
 def test_onnx_signature(exported, task):
     out, _ = exported["onnx", task]
@@ -125,6 +123,7 @@ def test_onnx_signature(exported, task):
     assert not {n.op_type for n in model.graph.node} & {"RandomUniform", "RandomUniformLike", "RandomNormal"}
 
 
+@pytest.mark.slow
 def test_pretrain_graph_is_deterministic_in_its_noise(exported):
     runner = open_graph(exported["onnx", "pretrain"][0], "onnx")
     inputs = random_inputs(TASKS["pretrain"], runner.info.config, 2, np.random.default_rng(4))
@@ -191,6 +190,7 @@ def pictures(files, exported):
     return images, written
 
 
+@pytest.mark.slow
 def test_predict_picture_has_the_four_demo_panels(files, pictures):
     _, paths, _ = files
     images, written = pictures
@@ -208,6 +208,7 @@ def test_predict_picture_has_the_four_demo_panels(files, pictures):
             np.testing.assert_array_equal(pasted[i:i + p, j:j + p], original[i:i + p, j:j + p])
 
 
+@pytest.mark.slow
 def test_predict_agrees_across_runtimes_and_seeds_reproduce(pictures):
     _, written = pictures
     for runtime in ("mindspore", "onnx", "mindir"):
@@ -288,6 +289,7 @@ def test_export_bad_outputs(files, tmp_path):
                               "--quantize", "int8"], "features and classify")
 
 
+@pytest.mark.slow
 def test_predict_bad_inputs(files, exported, tmp_path):
     _, paths, _ = files
     good = write_image(tmp_path / "good.png", (32, 32))
@@ -327,6 +329,7 @@ def test_predict_writes_all_pictures_or_none(files, tmp_path, monkeypatch):
                    "No space left")
 
 
+@pytest.mark.slow
 def test_predict_classifier_through_exported_graphs_matches_the_checkpoint(files, exported, tmp_path):
     _, paths, _ = files
     image = write_image(tmp_path / "dog.png", (40, 36), 4)
@@ -338,6 +341,7 @@ def test_predict_classifier_through_exported_graphs_matches_the_checkpoint(files
     assert ranked[".onnx"] == ranked[".pth"] == ranked[".mindir"]
 
 
+@pytest.mark.slow
 def test_base_encoder_exports_to_onnx_within_tolerance_of_the_reference(tmp_path, base_state):
     """ViT-B, the size people deploy: the exported features graph against the float64 reference."""
     from maeconv.models.config import ENCODER, checkpoint_shapes

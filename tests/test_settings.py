@@ -6,16 +6,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from maeconv.convert.cli import cli
 from maeconv.convert.errors import MaeconvError
 from maeconv.convert.pipeline import load_canonical
 from maeconv.models import get_config, reference
 from maeconv.models.config import GELU_TANH
 from maeconv.parity.twins import check_pretrain, parity_inputs
 
-from helpers import TINY, save_official
+from helpers import run_cli as run, TINY, save_official
 
 transformers = pytest.importorskip("transformers")
 
@@ -24,8 +22,6 @@ ODD_CONFIG = dict(norm_eps=1e-3, activation=GELU_TANH, mask_ratio=0.5, norm_pix_
 CARRIED = {**ODD, "hidden_act": "gelu_pytorch_tanh"}  # transformers' own name of the tanh GELU
 
 
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def one_error(result, *expected):

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here trains in a subprocess
+
 from maeconv.parity.compare import REL, Tolerance, compare
 
 REPO = Path(__file__).resolve().parents[1]

@@ -103,6 +103,7 @@ def without_key_bias(state):
     (TINY, PRETRAIN, {"norm_pix_loss": True}),
     (TINY_CLS, CLASSIFY, {}),  # layer-wise lr decay and the fine-tuning decay groups
 ])
+@pytest.mark.slow
 def test_training_parity_with_torch_adamw(preset, task, overrides):
     config = get_config(preset, **overrides)
     state = seeded_state(preset)
@@ -200,6 +201,7 @@ def _tiny_step_setup(state, config):
     return model, optimizer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["accumulation", "loss_scale"])
 def test_accumulation_and_loss_scaling_give_the_plain_step(variant):
     """Two accumulated half batches, or a dynamically scaled loss, update the weights as one plain step."""

@@ -22,7 +22,8 @@ def _hf_outputs(folder, images, noise):
             "ids_restore": out.ids_restore.numpy()}
 
 
-@pytest.mark.parametrize("preset,norm_pix_loss", [(TINY, True), (TINY, False), (BASE, True)])
+@pytest.mark.parametrize("preset,norm_pix_loss", [(TINY, True), (TINY, False),
+                                                  pytest.param(BASE, True, marks=pytest.mark.slow)])
 def test_hf_directory_matches_the_reference(tmp_path, preset, norm_pix_loss):
     state = seeded_state(preset)
     src = save_official(tmp_path / "src.pth", state, with_args=False)
@@ -57,9 +58,9 @@ def test_transformers_own_directory_reads_back(tmp_path):
     np.testing.assert_array_equal(hf.mask.numpy(), expected["mask"])
 
 
-def test_timm_layout_loads_strictly_in_timm(tmp_path):
+def test_timm_layout_loads_strictly_in_timm(tmp_path, base_classifier_state):
     timm = pytest.importorskip("timm")  # optional: timm needs torchvision, which this CPU torch build lacks
-    state = seeded_state("vit_base_patch16")
+    state = base_classifier_state
     src = save_official(tmp_path / "cls.pth", state, with_args=False)
     assert CliRunner().invoke(cli, ["convert", str(src), str(tmp_path / "timm.safetensors")]).exit_code == 0
     from safetensors.torch import load_file

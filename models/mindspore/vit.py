@@ -1,7 +1,7 @@
 """The fine-tuned ViT classifier, MindSpore twin; mirrors models/torch/vit.py."""
 from __future__ import annotations
 
-from mindspore import Tensor, nn, ops
+from mindspore import Tensor
 
 from ..config import MAEConfig
 from .layers import ViTEncoder, layer_norm, linear
