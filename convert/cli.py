@@ -27,7 +27,7 @@ SCHEME_CHOICES = [*SCHEMES, *SCHEME_ALIASES]
 MODES = ("graph", "pynative")
 
 
-class Group(click.Group):
+class OneLineErrors:
     """Turns MaeconvError into click's one-line 'Error: ...' and exit status 1, and keeps every
     error on one line whatever names it quotes."""
 
@@ -39,6 +39,15 @@ class Group(click.Group):
         except click.ClickException as error:
             error.message = one_line(error.message)
             raise
+
+
+class Command(OneLineErrors, click.Command):
+    pass
+
+
+class Group(OneLineErrors, click.Group):
+    command_class = Command
+    group_class = type  # subgroups (export) are of this class too
 
 
 def say(message: str) -> None:
@@ -431,14 +440,37 @@ def demo(workdir, preset, as_json):
         sys.exit(1)
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-             add_help_option=False)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def train(args):
-    """MindSpore pretraining, fine-tuning, eval, pictures: runtimes/ascend/train.py's options (--help)."""
-    from ..runtimes.ascend.trainer import main as train_main
+@cli.command(context_settings={"ignore_unknown_options": True},
+             epilog="Any config key can be overridden by its dotted path after the options: --train.epochs 2, "
+                    "--data.path DIR, --checkpoint.resume null (values are YAML).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML recipe (see runtimes/ascend/configs/).")
+@click.option("--run_mode", "--run-mode", type=click.Choice(["train", "finetune", "eval", "predict"]),
+              help="Default: the config's run_mode.")
+@click.option("--make_synthetic", "--make-synthetic", "make_synthetic", type=click.Path(path_type=Path),
+              help="Write a small synthetic ImageNet-layout dataset to this folder and exit.")
+@click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
+def train(config_path, run_mode, make_synthetic, overrides):
+    """MindSpore pretraining, fine-tuning, evaluation and reconstruction pictures."""
+    from ..runtimes.ascend.config import ConfigError, load_config
 
-    sys.exit(train_main(list(args)))
+    if make_synthetic:
+        from ..runtimes.ascend.data import make_synthetic_imagenet
+
+        click.echo(f"wrote a synthetic ImageNet-layout dataset to {make_synthetic_imagenet(make_synthetic)}")
+        return
+    if config_path is None:
+        raise click.UsageError("--config is required")
+    try:
+        cfg = load_config(config_path, list(overrides) + (["--run_mode", run_mode] if run_mode else []))
+    except ConfigError as error:
+        raise MaeconvError(str(error)) from None
+    from ..runtimes.ascend.trainer import run_config
+
+    try:
+        run_config(cfg)
+    except (ConfigError, FileNotFoundError) as error:
+        raise MaeconvError(str(error)) from None
 
 
 # --- export and predict: thin wrappers over maeconv.runtimes ---
@@ -547,6 +579,17 @@ def predict(model, images, runtime, out_dir, noise, seed, settings, labels, forc
         click.echo(f"wrote {path}")
     if noise is None:
         say(f"mask seed {seed} (--seed {seed} draws the same masks)")
+
+
+def train_main():
+    """runtimes/ascend/train.py: the train command alone."""
+    handle_signals()
+    _show_library_notes()
+    try:
+        train(prog_name="train.py")
+    except Interrupted as interrupted:
+        say(f"Error: interrupted by {interrupted}")
+        sys.exit(128 + interrupted.signum)
 
 
 def main():

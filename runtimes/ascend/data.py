@@ -7,6 +7,7 @@ an uninterrupted one.
 """
 from __future__ import annotations
 
+import functools
 import io
 import math
 import threading
@@ -15,9 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..images import IMAGENET_MEAN, IMAGENET_STD
-
-EVAL_CROP_PCT = 224 / 256  # resize to 256, center-crop 224 (scaled for other sizes)
+from ..images import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 
 PRETRAIN, FINETUNE, EVAL, NONE = "pretrain", "finetune", "eval", "none"
 AUGMENTATIONS = (PRETRAIN, FINETUNE, EVAL, NONE)
@@ -86,6 +85,13 @@ def safe_decoder(counter: CorruptCounter):
 
 # --- transforms ---
 
+def eval_array(pixels: np.ndarray, img_size: int) -> np.ndarray:
+    """The reference eval transform of a decoded (H, W, 3) uint8 image: (3, S, S) float32."""
+    from PIL import Image
+
+    return eval_transform(Image.fromarray(pixels), img_size)
+
+
 def image_transforms(augment: str, size: int, finetune: dict | None = None) -> list:
     """The reference transforms (torchvision/timm as MAE uses them), as mindspore.dataset ops."""
     import mindspore.dataset.vision as vision
@@ -109,8 +115,9 @@ def image_transforms(augment: str, size: int, finetune: dict | None = None) -> l
             ops.append(vision.RandomErasing(prob=finetune["reprob"], value="random", max_attempts=10))
         return ops
     if augment == EVAL:
-        return [vision.Resize(int(size / EVAL_CROP_PCT), interpolation=Inter.BICUBIC), vision.CenterCrop(size),
-                *tail]
+        # The very transform `maeconv predict` uses: mindspore.dataset's CenterCrop rounds an odd
+        # margin down where torchvision (and the reference) round it half to even.
+        return [functools.partial(eval_array, img_size=size)]
     if augment == NONE:  # deterministic: resize straight to the input size
         return [vision.Resize((size, size), interpolation=Inter.BICUBIC), *tail]
     raise ValueError(f"unknown augmentation {augment!r}; expected one of {AUGMENTATIONS}")

@@ -1,4 +1,5 @@
-"""MAE with MindSpore: pretraining, fine-tuning, evaluation, reconstruction pictures.
+"""MAE with MindSpore: pretraining, fine-tuning, evaluation, reconstruction pictures; the same
+command as `maeconv train`.
 
     python runtimes/ascend/train.py --config runtimes/ascend/configs/mae_vit_tiny_patch8_synthetic.yaml --run_mode train
     msrun --worker_num=2 --local_worker_num=2 --master_port=8118 --log_dir=msrun_log --join=True \\
@@ -14,7 +15,7 @@ import sys
 _here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
 
-from maeconv.runtimes.ascend.trainer import main  # noqa: E402
+from maeconv.convert.cli import train_main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    train_main()
