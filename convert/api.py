@@ -5,7 +5,7 @@ import os
 import warnings
 
 from ..models.config import MAEConfig, get_preset
-from .errors import MaeconvError
+from ..errors import MaeconvError
 from .pipeline import load_canonical
 from .settings import SETTING_FIELDS
 from .twins import TORCH, create_model, load_state, task_of

@@ -18,7 +18,7 @@ os.environ.setdefault("GLOG_v", "3")  # MindSpore's runtime warnings are noise o
 from ..models.config import ACTIVATION_NAMES, ALIASES, MAX_IMG_SIZE, PRESETS, PRETRAIN, get_preset  # noqa: E402
 from .formats import MINDSPORE, TORCH  # noqa: E402
 from .twins import FRAMEWORKS  # noqa: E402
-from .errors import MaeconvError, one_line  # noqa: E402
+from ..errors import MaeconvError, one_line  # noqa: E402
 from .outputs import Interrupted, handle_signals  # noqa: E402
 from .schemes import SCHEME_ALIASES, SCHEMES  # noqa: E402
 
@@ -565,15 +565,16 @@ def predict(model, images, runtime, out_dir, noise, seed, settings, labels, forc
     if noise_array is None and seed is None:
         seed = secrets.randbelow(2**31)
     done = run_predict(model, images, runtime, out_dir, noise_array, str(noise), seed, settings, force,
-                       names, str(labels), say)
+                       names, str(labels))
+    for note in done.notes:
+        say(note)
     if as_json:
         click.echo(json.dumps({"task": done.task, "runtime": done.runtime, "written": [str(p) for p in done.written],
                                "top5": done.top5, "seed": seed if noise is None else None}))
         return
     if done.task == "classify":
         for image, top in zip(images, done.top5):
-            ranked = ", ".join(f"{names[k] if names else k} {p:.3f}" for k, p in top)
-            click.echo(f"{image}: {ranked}")
+            click.echo(f"{image}: " + ", ".join(f"{label} {p:.3f}" for label, p in top))
         return
     for path in done.written:
         click.echo(f"wrote {path}")

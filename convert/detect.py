@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from ..models.config import CLASSIFIER, CLASSIFY, ENCODER, FULL, PRESETS, PRETRAIN, MAEConfig, checkpoint_shapes
-from .errors import MaeconvError
+from ..errors import MaeconvError
 
 KINDS_OF_TASK = {PRETRAIN: (FULL, ENCODER), CLASSIFY: (CLASSIFIER,)}
 

@@ -16,7 +16,7 @@ from typing import BinaryIO, Callable, Iterator
 
 from ..models.config import CLASSIFIER, ENCODER, FULL, checkpoint_shapes, get_preset
 from .formats import FORMATS, SUFFIX_FORMATS
-from .errors import MaeconvError
+from ..errors import MaeconvError
 from .transfer import HEAD_BYTES, DownloadError, Limits, download
 
 BASE_URL = "https://dl.fbaipublicfiles.com/mae"

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from . import libc
-from .errors import MaeconvError
+from ..errors import MaeconvError
 
 LOG = logging.getLogger("maeconv")
 STAGING_PATTERN = re.compile(r"\.maeconv-(\d+)-[0-9a-f]{8}\.tmp\Z")

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import hub
 from .detect import Detected, detect
-from .errors import MaeconvError
+from ..errors import MaeconvError
 from .formats import FORMATS, Checkpoint, Format, format_of_output, read_checkpoint
 from .outputs import Target, check_target
 from .schemes import (HF, SCHEMES, MappingError, Scheme, Step, apply_from_canonical, apply_to_canonical, get_scheme,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from ..models.config import ACTIVATION_NAMES, GELU, GELU_TANH, MAEConfig
-from .errors import MaeconvError
+from ..errors import MaeconvError
 
 # The key of maeconv's settings record in safetensors metadata and .ckpt string entries.
 RECORD_KEY = "maeconv.settings"

@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Union
 import numpy as np
 
 from . import libc
-from .errors import MaeconvError
+from ..errors import MaeconvError
 
 
 # Bytes per step when tensors are copied file to file: small enough to stay in the CPU cache.

@@ -9,7 +9,7 @@ import numpy as np
 from ..models.config import CLASSIFIER, ENCODER, checkpoint_shapes
 from ..models.pos_embed import sincos_2d
 from .detect import Detected
-from .errors import MaeconvError
+from ..errors import MaeconvError
 from .tensors import TensorRef, dtype_by_name
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}

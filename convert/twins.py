@@ -10,7 +10,7 @@ import numpy as np
 
 from ..models.config import MAEConfig
 from ..models.twins import FRAMEWORKS, MINDSPORE, TORCH, LoadReport, Twin, TwinError, task_of, twin_class
-from .errors import MaeconvError
+from ..errors import MaeconvError
 from .schemes import get_scheme
 
 __all__ = ["FRAMEWORKS", "MINDSPORE", "TORCH", "LoadReport", "Twin", "create_model", "get_twin", "load_state",

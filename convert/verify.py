@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from .errors import MaeconvError
+from ..errors import MaeconvError
 from .formats import FORMATS, Format, read_checkpoint
 from .tensors import TensorRef, spans_equal
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from ..models.config import MAEConfig
-from .errors import MaeconvError
+from ..errors import MaeconvError
 from .formats import Format
 from .outputs import Target, staged
 from .schemes import Scheme, apply_from_canonical, apply_to_canonical

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..convert.twins import MINDSPORE, TORCH
-from ..convert.errors import MaeconvError
+from ..errors import MaeconvError
 from ..convert.outputs import check_target, staged
 from ..convert.pipeline import load_canonical
 from ..convert.settings import BY_NAME, FILE, FLAG, PRESET, settings_record

@@ -5,12 +5,16 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..convert.errors import MaeconvError
+from ..errors import MaeconvError
 from ..models.config import MAEConfig
 from ..models.reference import patchify, unpatchify
+
+if TYPE_CHECKING:  # PIL is imported where an image is made
+    from PIL import Image
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -22,22 +26,67 @@ def resize_size(img_size: int) -> int:
     return math.floor(img_size / CROP_PCT)
 
 
+# Images fetched from a URL: how long to wait, and the most bytes to take.
+URL_TIMEOUT_S = 20.0
+URL_MAX_BYTES = 64 << 20
+
+
+def load_image(source) -> Image.Image:
+    """An RGB PIL image from a path, an http(s) URL (with a timeout; a clear error offline), a PIL
+    image, or an (H, W, 3) uint8 array."""
+    from PIL import Image
+
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    if isinstance(source, np.ndarray):
+        if source.ndim != 3 or source.shape[-1] != 3 or source.dtype != np.uint8:
+            raise MaeconvError(f"array of shape {source.shape} and dtype {source.dtype}: expected (H, W, 3) uint8 RGB")
+        return Image.fromarray(source)
+    text = os.fspath(source) if isinstance(source, os.PathLike) else source
+    if isinstance(text, str) and text.split("://", 1)[0].lower() in ("http", "https"):
+        return _decoded(_fetch(text), text)
+    return read_image(text)
+
+
 def read_image(path: str | os.PathLike):
     """The file as an RGB PIL image; a clear error when it is not an image PIL can read."""
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     if not path.exists():
         raise MaeconvError(f"{path}: no such file")
     if not path.is_file():
         raise MaeconvError(f"{path}: not a file")
+    with open(path, "rb") as f:
+        return _decoded(f, path)
+
+
+def _decoded(stream, source) -> Image.Image:
+    from PIL import Image, UnidentifiedImageError
+
     try:
-        with Image.open(path) as image:
+        with Image.open(stream) as image:
             image.load()
             return image.convert("RGB")
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
         reason = "not an image file" if isinstance(error, UnidentifiedImageError) else f"unreadable image ({error})"
-        raise MaeconvError(f"{path}: {reason}") from None
+        raise MaeconvError(f"{source}: {reason}") from None
+
+
+def _fetch(url: str):
+    import io
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=URL_TIMEOUT_S) as response:
+            data = response.read(URL_MAX_BYTES + 1)
+    except urllib.error.HTTPError as error:
+        raise MaeconvError(f"{url}: HTTP {error.code} {error.reason}") from None
+    except (urllib.error.URLError, OSError, TimeoutError) as error:
+        raise MaeconvError(f"{url}: cannot fetch ({getattr(error, 'reason', error)}); offline? "
+                           "give a local file instead") from None
+    if len(data) > URL_MAX_BYTES:
+        raise MaeconvError(f"{url}: more than {URL_MAX_BYTES >> 20} MiB, not an image to fetch")
+    return io.BytesIO(data)
 
 
 def eval_transform(image, img_size: int) -> np.ndarray:
@@ -59,12 +108,14 @@ def eval_transform(image, img_size: int) -> np.ndarray:
     return ((pixels - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).astype(np.float32)
 
 
-def load_image(path: str | os.PathLike, img_size: int) -> tuple[np.ndarray, str | None]:
-    """The preprocessed image, and a note when its size is not the model's."""
-    image = read_image(path)
+def prepare_image(source, img_size: int) -> tuple[np.ndarray, str | None]:
+    """The preprocessed image (see `load_image` for what `source` may be), and a note when its
+    size is not the model's."""
+    image = load_image(source)
     note = None
     if image.size != (img_size, img_size):
-        note = (f"{path}: {image.size[0]}x{image.size[1]} image resized (shorter side {resize_size(img_size)}, "
+        shown = source if isinstance(source, (str, os.PathLike)) else "image"
+        note = (f"{shown}: {image.size[0]}x{image.size[1]} image resized (shorter side {resize_size(img_size)}, "
                 f"bicubic) and center-cropped to {img_size}x{img_size}")
     return eval_transform(image, img_size), note
 
@@ -85,11 +136,11 @@ def unnormalize_pred(pred: np.ndarray, image: np.ndarray, patch_size: int) -> np
     return pred * np.sqrt(var + NORM_PIX_EPS) + mean
 
 
-def reconstruction_picture(image: np.ndarray, pred: np.ndarray, mask: np.ndarray, config: MAEConfig,
-                           norm_pix: bool) -> np.ndarray:
-    """original | masked | reconstruction | reconstruction with the visible patches pasted,
-    side by side as (S, 4S, 3) uint8: the MAE demo's four panels. Masked-out patches show the
-    ImageNet mean colour (zero after normalisation), as in the demo."""
+def reconstruction_panels(image: np.ndarray, pred: np.ndarray, mask: np.ndarray, config: MAEConfig,
+                          norm_pix: bool) -> list[np.ndarray]:
+    """original, masked, reconstruction, reconstruction with the visible patches pasted: the MAE
+    demo's four panels, each (S, S, 3) uint8. Masked-out patches show the ImageNet mean colour
+    (zero after normalisation), as in the demo."""
     p = config.patch_size
     pred = np.asarray(pred, np.float64)
     if norm_pix:
@@ -99,7 +150,13 @@ def reconstruction_picture(image: np.ndarray, pred: np.ndarray, mask: np.ndarray
                          p, config.in_chans)[0]
     masked = image * (1 - removed)
     pasted = masked + reconstruction * removed
-    return np.concatenate([to_pixels(x) for x in (image, masked, reconstruction, pasted)], axis=1)
+    return [to_pixels(x) for x in (image, masked, reconstruction, pasted)]
+
+
+def reconstruction_picture(image: np.ndarray, pred: np.ndarray, mask: np.ndarray, config: MAEConfig,
+                           norm_pix: bool) -> np.ndarray:
+    """The four panels side by side, as (S, 4S, 3) uint8."""
+    return np.concatenate(reconstruction_panels(image, pred, mask, config, norm_pix), axis=1)
 
 
 def save_png(pixels: np.ndarray, path: Path) -> None:

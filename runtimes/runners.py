@@ -10,7 +10,7 @@ from typing import Mapping
 import numpy as np
 
 from ..convert.twins import MINDSPORE, TORCH
-from ..convert.errors import MaeconvError
+from ..errors import MaeconvError
 from .tasks import GraphInfo
 
 ONNX, MINDIR = "onnx", "mindir"

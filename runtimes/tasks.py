@@ -9,7 +9,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..convert.errors import MaeconvError
+from ..errors import MaeconvError
 from ..models.config import CLASSIFIER, CLASSIFY, ENCODER, FULL, PRETRAIN, MAEConfig
 from ..parity.compare import ABS, EXACT, Tolerance
 

@@ -181,7 +181,7 @@ def assert_agrees_with_torch(path, maeconv_may_be_stricter: bool = False):
     where torch raises, and reads the same dtypes, shapes and bytes where torch reads it. Where the
     case is one maeconv knowingly refuses though torch reads it, a refusal is also right."""
     from maeconv.convert.formats import read_checkpoint
-    from maeconv.convert.errors import MaeconvError
+    from maeconv.errors import MaeconvError
 
     expected = torch_reads(path)
     try:

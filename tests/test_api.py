@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from maeconv.convert import AutoConfig, AutoModel, from_pretrained
+from maeconv import AutoConfig, AutoModel, from_pretrained
 from maeconv.convert.twins import model_state
 from maeconv.models import get_config
 

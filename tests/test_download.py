@@ -96,7 +96,7 @@ def test_every_command_takes_a_name(server, tmp_path):
     result = run("inspect", "mae_tiny", "--json")
     assert result.exit_code == 0 and '"preset": "mae_vit_tiny_patch8"' in result.stdout
     assert run("torch2ms", "mae_tiny", tmp_path / "tiny.ckpt").exit_code == 0
-    from maeconv.convert import from_pretrained
+    from maeconv import from_pretrained
 
     model = from_pretrained("mae_tiny", framework="torch")
     assert type(model).__name__ == "MaskedAutoencoderViT" and not model.decoder_absent

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from maeconv.convert.cli import cli
-from maeconv.convert.errors import MaeconvError
+from maeconv.errors import MaeconvError
 from maeconv.convert.formats import torchpickle
 from maeconv.convert.pipeline import load_canonical
 from maeconv.convert.tensors import MAX_DIMS

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from maeconv.convert import outputs
-from maeconv.convert.errors import MaeconvError
+from maeconv.errors import MaeconvError
 
 from helpers import run_cli as run
 

@@ -9,7 +9,7 @@ from PIL import Image
 from maeconv.convert.pipeline import load_canonical
 from maeconv.models import get_config, reference
 from maeconv.parity.compare import ABS, EXACT, Tolerance, compare
-from maeconv.runtimes.images import IMAGENET_MEAN, IMAGENET_STD, eval_transform, load_image, reconstruction_picture, \
+from maeconv.runtimes.images import IMAGENET_MEAN, IMAGENET_STD, eval_transform, prepare_image, reconstruction_picture, \
     to_pixels
 from maeconv.runtimes.runners import open_graph, twin_runner
 from maeconv.runtimes.tasks import TASKS, random_inputs
@@ -199,7 +199,7 @@ def test_predict_picture_has_the_four_demo_panels(files, pictures):
     for image, picture in zip(images, written["torch"]):
         assert picture.shape == (size, 4 * size, 3)
         original, masked, _, pasted = np.split(picture, 4, axis=1)
-        np.testing.assert_array_equal(original, to_pixels(load_image(image, size)[0]))
+        np.testing.assert_array_equal(original, to_pixels(prepare_image(image, size)[0]))
         gray = np.clip(np.round(IMAGENET_MEAN * 255), 0, 255).astype(np.uint8)
         patches = [(i, j) for i in range(0, size, p) for j in range(0, size, p)]
         hidden = [(i, j) for i, j in patches if (masked[i:i + p, j:j + p] == gray).all()]
@@ -245,7 +245,7 @@ def test_predict_classifier_prints_top5(files, tmp_path):
     labels.write_text("\n".join(f"class{k}" for k in range(10)))
     result = run("predict", paths["classifier"], image, "--labels", labels)
     assert result.exit_code == 0, result.output
-    logits = reference.classifier_forward(load_image(image, 32)[0][None], states["classifier"], get_config(TINY_CLS))
+    logits = reference.classifier_forward(prepare_image(image, 32)[0][None], states["classifier"], get_config(TINY_CLS))
     top = np.argsort(-logits[0])[:5]
     assert result.stdout.startswith(f"{image}: class{top[0]} ")
     assert [part.split()[0] for part in result.stdout.split(": ", 1)[1].split(", ")] == [f"class{k}" for k in top]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from maeconv.convert.errors import MaeconvError
+from maeconv.errors import MaeconvError
 from maeconv.convert.pipeline import load_canonical
 from maeconv.models import get_config, reference
 from maeconv.models.config import GELU_TANH
@@ -159,7 +159,7 @@ def test_exports_are_built_with_the_files_settings(tmp_path, hf_dir, runtime):
 
 
 def test_the_python_api_resolves_the_same_way(hf_dir):
-    from maeconv.convert import from_pretrained
+    from maeconv import from_pretrained
 
     source = hf_dir(**ODD)
     model = from_pretrained(source)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from maeconv.convert.twins import MINDSPORE, TORCH
-from maeconv.convert.errors import MaeconvError
+from maeconv.errors import MaeconvError
 from maeconv.convert.twins import create_model, load_state, model_state
 from maeconv.models import CLASSIFIER, CLASSIFY, ENCODER, FULL, PRETRAIN, checkpoint_shapes, get_config
 from maeconv.models.config import FROZEN

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from maeconv.convert.formats import read_checkpoint
 from maeconv.convert.cli import cli
-from maeconv.convert.errors import MaeconvError
+from maeconv.errors import MaeconvError
 from maeconv.convert.formats import ckpt, safetensors as st_format
 
 from crafting import (Storage, Tensor, as_bytes, op_rebuild, op_storage, op_text, patch_entry, state_pickle,
@@ -287,7 +287,7 @@ def test_a_directory_without_config_is_not_a_checkpoint(tmp_path):
 BOUNDED_READ = """
 import resource, sys
 from maeconv.convert.formats import read_checkpoint
-from maeconv.convert.errors import MaeconvError
+from maeconv.errors import MaeconvError
 
 def status(field):  # in bytes; VmHWM is this image's peak (ru_maxrss keeps the parent's across exec)
     return int(open("/proc/self/status").read().split(field + ":")[1].split()[0]) * 1024

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from maeconv.convert.formats import read_checkpoint
 from maeconv.convert.cli import cli
-from maeconv.convert.errors import MaeconvError
+from maeconv.errors import MaeconvError
 from maeconv.convert.formats import torchpickle
 
 from crafting import (Storage, Tensor, assert_agrees_with_torch, crafted, op_global, op_int, op_rebuild, op_storage,
@@ -200,7 +200,7 @@ def test_a_storage_entry_must_hold_exactly_its_declared_bytes(tmp_path, entry_by
 def _run_reader(path, timeout=120):
     """maeconv's reader in a child process (a crash there fails the test instead of ending it)."""
     script = ("import sys; from maeconv.convert.formats import read_checkpoint\n"
-              "from maeconv.convert.errors import MaeconvError\n"
+              "from maeconv.errors import MaeconvError\n"
               "try:\n    read_checkpoint(sys.argv[1]); print('READ')\n"
               "except MaeconvError as error:\n    print('ERROR', error)\n")
     return subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=timeout)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import MaeconvError
+from ...errors import MaeconvError
 from . import ckpt, hfdir, identify, pytorch, safetensors
 from .base import Checkpoint, Format
 

@@ -18,7 +18,7 @@ from typing import BinaryIO, Iterator, Mapping
 
 import numpy as np
 
-from ..errors import MaeconvError
+from ...errors import MaeconvError
 from ..settings import RECORD_KEY, settings_record
 from ..tensors import MAX_DIMS, MAX_TENSORS, Piece, TensorRef, Verdict, checked_shape, dtype_by_name, write_stream
 from .base import Checkpoint

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ...models.config import ENCODER, MAEConfig
-from ..errors import MaeconvError
+from ...errors import MaeconvError
 from ..settings import settings_record
 from ..tensors import TensorRef, Verdict
 from . import pytorch, safetensors

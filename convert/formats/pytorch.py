@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Mapping
 
-from ..errors import MaeconvError, first_line
+from ...errors import MaeconvError, first_line
 from ..settings import args_record
 from ..tensors import TensorRef, Verdict
 from . import torchlegacy, torchpickle, torchzip

@@ -12,7 +12,7 @@ import struct
 from pathlib import Path
 from typing import Mapping
 
-from ..errors import MaeconvError
+from ...errors import MaeconvError
 from ..settings import RECORD_KEY, settings_record
 from ..tensors import MAX_TENSORS, TensorRef, Verdict, checked_shape, dtype_by_name, write_stream
 from .base import Checkpoint

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MaeconvError
+from ...errors import MaeconvError
 from .torchpickle import Invalid, Storage, StorageTable, Unsupported, file_storage, no_storages, unpickle
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C

@@ -22,7 +22,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..errors import MaeconvError
+from ...errors import MaeconvError
 from ..tensors import COPY_CHUNK, MAX_TENSORS, TensorRef, read_file_array, reserve, tensor_bytes
 from . import identify
 from .torchpickle import (MAX_PICKLE_BYTES, STORAGE_DTYPES, Invalid, Storage, StorageTable, Unsupported,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...convert.errors import MaeconvError, first_line
+from ...errors import MaeconvError, first_line
 from ...convert.outputs import staged
 
 CHECKPOINT_DIR = "checkpoints"

@@ -16,7 +16,7 @@ from typing import Any, Union
 
 import yaml
 
-from ...convert.errors import first_line
+from ...errors import first_line
 
 RUN_MODES = ("train", "finetune", "eval", "predict")
 
@@ -131,9 +131,9 @@ def load_config(path: str | Path | None, overrides: list[str] | dict | None = No
     """The defaults, then the recipe at `path`, then the overrides (command-line words or a dict)."""
     tree: dict = {}
     if path is not None:
-        tree = _merge(tree, _read_recipe(Path(path)), str(path))
+        tree = merge_trees(tree, _read_recipe(Path(path)))
     if overrides:
-        tree = _merge(tree, parse_overrides(overrides) if isinstance(overrides, list) else overrides, "override")
+        tree = merge_trees(tree, parse_overrides(overrides) if isinstance(overrides, list) else overrides)
     cfg = _build(RunConfig, tree, "")
     if cfg.run_mode not in RUN_MODES:
         raise ConfigError(f"run_mode {cfg.run_mode!r}; expected one of {', '.join(RUN_MODES)}")
@@ -152,13 +152,11 @@ def _read_recipe(path: Path) -> dict:
     return recipe
 
 
-def _merge(base: dict, update: dict, source: str) -> dict:
+def merge_trees(base: dict, update: dict) -> dict:
+    """`update` over `base`, section by section."""
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value, source)
-        else:
-            out[key] = value
+        out[key] = merge_trees(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 

@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ...convert.errors import MaeconvError
+from ...errors import MaeconvError
 from .checkpointing import Position
 from .optim import learning_rate
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...convert.errors import MaeconvError
+from ...errors import MaeconvError
 from ...convert.outputs import write_file
 from ...models.config import CLASSIFIER, CLASSIFY, FULL
 from . import data as data_lib

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from ...convert.errors import MaeconvError
+from ...errors import MaeconvError
 from ..runners import MindSporeRunner
 from ..tasks import Task, input_shapes, read_metadata
 

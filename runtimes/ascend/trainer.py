@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...convert.errors import MaeconvError
+from ...errors import MaeconvError
 from ...convert.outputs import Interrupted, write_file
 from ...models.config import CLASSIFY, PRETRAIN, get_preset
 from . import checkpointing

@@ -11,7 +11,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ...convert.errors import MaeconvError
+from ...errors import MaeconvError
 from ..tasks import Task, random_inputs
 
 # Pinned: every op the twins need is in opset 18 (LayerNormalization since 17), and onnxruntime,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ...convert.errors import MaeconvError
+from ...errors import MaeconvError
 from ..runners import Runner
 from ..tasks import read_metadata
 

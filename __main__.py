@@ -1,0 +1,4 @@
+"""python -m maeconv: the command line."""
+from .convert.cli import main
+
+main()
