@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ...errors import MaeconvError
 from ...models.config import CLASSIFY, PRETRAIN, get_preset
@@ -64,12 +63,7 @@ class Trainer:
             raise MaeconvError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
         self.task, self.model = task, model
         preset, checkpoint = _model(model, TASKS[task])
-        tree: dict[str, Any] = {"model": {"preset": preset}}
-        if checkpoint:
-            tree["model"]["checkpoint"] = checkpoint
-        for dataset, split in ((train_dataset, "train_split"), (eval_dataset, "val_split")):
-            if dataset is not None:
-                tree.setdefault("data", {}).update(_dataset(dataset, split))
+        tree = merge_trees({"model": {"preset": preset}}, card_overrides(train_dataset, eval_dataset, checkpoint))
         self.recipe = _recipe(config, preset, TASKS[task])
         self.overrides = merge_trees(tree, _tree(overrides))
         self.config(self._train_mode)  # refuses bad keys now, not when training starts
@@ -149,6 +143,33 @@ def _preset_for(name: str, task: str) -> str:
     if task == CLASSIFY:
         return name.removeprefix("mae_")
     return name if name.startswith("mae_") else f"mae_{name}"
+
+
+def card_overrides(train_dataset_dir=None, eval_dataset_dir=None, load_checkpoint=None, device_id=None,
+                   device_target=None, use_parallel=None, output_dir=None) -> dict:
+    """The flags of MindFormers' run scripts (the model card's commands) as config keys."""
+    tree: dict = {}
+    for dataset, split in ((train_dataset_dir, "train_split"), (eval_dataset_dir, "val_split")):
+        if dataset is not None:
+            tree["data"] = merge_trees(tree.get("data", {}), _dataset(dataset, split))
+    if load_checkpoint is not None:
+        tree["model"] = {"checkpoint": str(load_checkpoint)}
+    given = {"device_id": device_id, "device_target": device_target, "use_parallel": use_parallel,
+             "output_dir": None if output_dir is None else str(output_dir)}
+    return merge_trees(tree, {key: value for key, value in given.items() if value is not None})
+
+
+def predict_inputs(predict_data: str | os.PathLike) -> list:
+    """MindFormers' --predict_data: an image path, a URL, or a folder of images."""
+    from .evaluation import IMAGE_SUFFIXES
+
+    path = Path(predict_data)
+    if path.is_dir():
+        found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise MaeconvError(f"{path}: holds no images")
+        return found
+    return [predict_data]
 
 
 def _dataset(path: str | os.PathLike, split_key: str) -> dict:

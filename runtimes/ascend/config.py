@@ -112,6 +112,8 @@ class RunConfig:
     run_mode: str = "train"
     seed: int = 0
     device_target: str = "CPU"            # CPU, GPU or Ascend
+    device_id: int | None = None          # the device of a single process (msrun and rank tables set their own)
+    use_parallel: bool | None = None      # true: refuse to run unless started as one of several workers
     mode: str = "graph"                   # graph (compiled) or pynative
     output_dir: str = "output"            # relative paths are relative to the working directory
     model: ModelConfig = field(default_factory=ModelConfig)

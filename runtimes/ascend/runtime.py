@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...errors import MaeconvError
+
 
 @dataclass
 class Runtime:
@@ -32,11 +34,12 @@ def setup_runtime(cfg) -> Runtime:
     import mindspore as ms
 
     device = cfg.device_target
+    if cfg.use_parallel and not launched_by_msrun():
+        raise MaeconvError("use_parallel is set, but this process was not started as one of several workers: "
+                           "launch it with maeconv train --workers N (msrun)")
     ms.set_context(mode=ms.GRAPH_MODE if cfg.mode == "graph" else ms.PYNATIVE_MODE)
-    if device == "CPU" or "DEVICE_ID" not in os.environ:
-        ms.set_device(device)
-    else:  # the rank-table route names each process's device
-        ms.set_device(device, int(os.environ["DEVICE_ID"]))
+    device_id = os.environ.get("DEVICE_ID") if launched_by_msrun() else cfg.device_id
+    _set_device(device, None if device == "CPU" or device_id is None else int(device_id))
     runtime = Runtime(device=device)
     if launched_by_msrun():
         from mindspore.communication import get_group_size, get_rank, init
@@ -49,3 +52,16 @@ def setup_runtime(cfg) -> Runtime:
     ms.set_seed(cfg.seed)
     np.random.seed(cfg.seed)
     return runtime
+
+
+def _set_device(device: str, device_id: int | None) -> None:
+    """The device of this process; once MindSpore runs (an earlier model in a notebook), it stays."""
+    import mindspore as ms
+
+    try:
+        ms.set_device(device) if device_id is None else ms.set_device(device, device_id)
+    except RuntimeError:
+        current = ms.get_context("device_target")
+        if current != device:
+            raise MaeconvError(f"MindSpore already runs on {current} in this process; {device} needs a new one") \
+                from None

@@ -347,12 +347,13 @@ def _finish(run: Run, position: Position, log: RunLog, corrupt: int, seconds: fl
     return summary
 
 
-def run_config(cfg: RunConfig) -> dict:
-    """What the config's run_mode asks: train, finetune, eval or predict."""
+def run_config(cfg: RunConfig, images: list | None = None) -> dict:
+    """What the config's run_mode asks: train, finetune, eval or predict (of `images`, else of
+    the val split's first)."""
     from .evaluation import run_eval, run_predict
 
     if cfg.run_mode in ("train", "finetune"):
         return train(cfg, finetune=cfg.run_mode == "finetune")
     if cfg.run_mode == "eval":
         return run_eval(cfg)
-    return {"pictures": [str(path) for path in run_predict(cfg)]}
+    return {"pictures": [str(path) for path in run_predict(cfg, images)]}
