@@ -24,7 +24,7 @@ import numpy as np
 from .errors import MaeconvError
 from .formats import ckpt, safetensors, torchzip
 from .outputs import Target, staged
-from .tensors import TensorRef, Verdict, spans_equal
+from .tensors import TensorRef, Verdict, as_ref, spans_equal
 
 TORCH = "torch"
 MINDSPORE = "mindspore"
@@ -267,7 +267,7 @@ def same_tensors(expected: Mapping[str, TensorRef | np.ndarray], actual: Mapping
     for name in expected:
         if name not in actual:
             continue
-        e, a = _ref(expected[name]), _ref(actual[name])
+        e, a = as_ref(expected[name]), as_ref(actual[name])
         if e.dtype != a.dtype or e.shape != a.shape:
             differ.append(name)
             continue
@@ -291,10 +291,6 @@ def _bytes(array: np.ndarray) -> np.ndarray:
     """The raw bytes, as wide integers where the size allows: NaN compares equal to itself here."""
     flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
     return flat.view(np.uint64) if flat.size % 8 == 0 else flat
-
-
-def _ref(value) -> TensorRef:
-    return value if isinstance(value, TensorRef) else TensorRef.of(value)
 
 
 def write_checkpoint(path, tensors: Mapping[str, TensorRef], fmt: str, force: bool = False,

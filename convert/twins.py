@@ -9,6 +9,7 @@ import numpy as np
 from ..models.config import CLASSIFIER, CLASSIFY, PRETRAIN, MAEConfig, decoder_shapes
 from .checkpoints import MINDSPORE, TORCH, numpy_to_torch, torch_to_numpy
 from .errors import MaeconvError
+from .tensors import TensorRef, as_ref
 from .schemes import MINDSPORE as MINDSPORE_SCHEME, apply_from_canonical, apply_to_canonical
 
 
@@ -43,7 +44,8 @@ def model_state(model, framework: str) -> dict[str, np.ndarray]:
     return {name: ref.load() for name, ref in apply_to_canonical(MINDSPORE_SCHEME.plan_to_canonical(own), own).items()}
 
 
-def load_state(model, state: Mapping[str, np.ndarray], framework: str, source: str = "checkpoint") -> LoadReport:
+def load_state(model, state: Mapping[str, np.ndarray | TensorRef], framework: str,
+               source: str = "checkpoint") -> LoadReport:
     """Copies a canonical state into the model. Unexpected keys and wrong shapes are errors;
     a missing key is an error too, except the whole decoder of an encoder-only checkpoint,
     which is reported (LoadReport.missing) rather than silently left random."""
@@ -64,7 +66,7 @@ def load_state(model, state: Mapping[str, np.ndarray], framework: str, source: s
         with torch.no_grad():
             for name, tensor in model.state_dict(keep_vars=True).items():
                 if name in state:
-                    tensor.copy_(numpy_to_torch(state[name]))
+                    tensor.copy_(numpy_to_torch(as_ref(state[name]).load()))
     else:
         import mindspore as ms
 

@@ -3,6 +3,7 @@ named as the task names them. Validation, `maeconv predict` and the benchmark us
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -11,11 +12,42 @@ import numpy as np
 
 from ..convert.checkpoints import MINDSPORE, TORCH
 from ..convert.errors import MaeconvError
+from ..convert.outputs import Companion, Target
 from .tasks import GraphInfo
 
 ONNX, MINDIR = "onnx", "mindir"
 RUNTIMES = (TORCH, MINDSPORE, ONNX, MINDIR)
 SUFFIX_OF_RUNTIME = {ONNX: ".onnx", MINDIR: ".mindir"}
+MINDIR_VARIABLES = re.compile(r"data_\d+")  # what mindspore.export writes in <name>_variables/
+
+
+def mindir_prefix(path: str | os.PathLike) -> str:
+    """The name MindSpore gives a split model's files: `h.mindir` -> `h_graph.mindir`, `h_variables/`."""
+    name = Path(path).name
+    return name[:-len(".mindir")] if name.endswith(".mindir") else name
+
+
+def graph_target(path: str | os.PathLike, runtime: str) -> Target:
+    """An exported graph and the files its weights go to when they are large: ONNX external data
+    `h.onnx.data`, MindIR variables `h_variables/data_0...` (the graph keeps the name the user
+    gave: MindSpore finds the variables by the relative path recorded in it). They exist only
+    for large models, move together, and `--force` replaces them together."""
+    path = Path(path)
+    if runtime == ONNX:
+        return Target(path, companions=(Companion(f"{path.name}.data"),))
+    return Target(path, companions=(Companion(f"{mindir_prefix(path)}_variables", MINDIR_VARIABLES),))
+
+
+def graph_files(path: str | os.PathLike, runtime: str) -> list[Path]:
+    """The files that make up an exported graph as it is on disk, its main file first."""
+    target = graph_target(path, runtime)
+    found = [target.path]
+    for member in target.members[:-1]:
+        if member.is_dir():
+            found += sorted(entry for entry in member.iterdir() if entry.is_file())
+        elif member.exists():
+            found.append(member)
+    return found
 
 
 @dataclass
@@ -72,7 +104,9 @@ def twin_runner(loaded, task, framework: str, config=None) -> Runner:
     detected = loaded.detected
     config = config or detected.config
     info = GraphInfo(task, detected.preset, detected.kind, config)
-    model = build_model(loaded.state, config, framework, GRAPH, task_of(detected.kind))
+    # The references, not `loaded.state`: each tensor is read as it is copied into the twin, so
+    # the checkpoint's weights are never in memory twice.
+    model = build_model(loaded.refs, config, framework, GRAPH, task_of(detected.kind))
     if framework == TORCH:
         from .onnx.graphs import GRAPHS
 
