@@ -454,6 +454,14 @@ def _export_options(fn):
         click.option("--atol", type=Finite(0), default=None,
                      help="Validation tolerance per output (default 1e-4 ONNX, 1e-5 MindIR)."),
         click.option("--seed", type=SEED, default=None, help="Seed of the validation inputs (default: fresh)."),
+        click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+                     help="Precision of the weights and arithmetic; inputs and outputs stay float32. fp16 is "
+                          "validated by cosine similarity and top-1 agreement; bf16 is refused (no runtime here "
+                          "runs it)."),
+        click.option("--min-cosine", type=Finite(-1, 1), default=0.99, show_default=True,
+                     help="int8, fp16: lowest cosine similarity."),
+        click.option("--min-top1", type=Finite(0, 1), default=0.75, show_default=True,
+                     help="int8, fp16: lowest top-1 agreement."),
         click.option("--keep-invalid", is_flag=True, help="Keep the file even if validation fails (exit 1)."),
         click.option("--force", is_flag=True, help="Overwrite an existing output."),
         click.option("--json", "as_json", is_flag=True, help="Print the validation report as JSON."),
@@ -475,7 +483,8 @@ def _export(fmt, checkpoint, out, task, as_json, **options):
     click.echo(done.report.to_json() if as_json else done.report.to_text())
     if not done.report.passed:
         raise MaeconvError(f"{out}: validation failed; file kept because of --keep-invalid")
-    say(f"wrote {done.path} ({done.preset}, {done.kind}, task {done.task}, {done.precision}, validated) "
+    also = f" with {', '.join(str(f) for f in done.files[1:])}" if len(done.files) > 1 else ""
+    say(f"wrote {done.path}{also} ({done.preset}, {done.kind}, task {done.task}, {done.precision}, validated) "
         f"in {time.perf_counter() - start:.1f} s")
 
 
@@ -490,9 +499,6 @@ def export_group():
               help="Dynamic int8 (features, classify); validated by cosine similarity and top-1 agreement.")
 @click.option("--optimize", is_flag=True,
               help="Store the graph fused by onnxruntime's transformer optimizer (SkipLayerNorm, BiasGelu).")
-@click.option("--min-cosine", type=Finite(-1, 1), default=0.99, show_default=True,
-              help="int8: lowest cosine similarity.")
-@click.option("--min-top1", type=Finite(0, 1), default=0.75, show_default=True, help="int8: lowest top-1 agreement.")
 def export_onnx(checkpoint, out, task, as_json, **options):
     """From the torch twin; opset 18, dynamic batch axis, run with onnxruntime."""
     _export("onnx", checkpoint, out, task, as_json, **options)
