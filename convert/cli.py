@@ -278,16 +278,27 @@ def download(name, list_names, force, as_json):
 @click.option("--from", "source_scheme", type=click.Choice(SCHEME_CHOICES), help="Naming scheme (default: detected).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def inspect(file, source_scheme, as_json):
-    """Format, naming scheme, checkpoint kind, preset, key and parameter counts, dtypes."""
+    """Format, naming scheme, checkpoint kind, preset, key and parameter counts, dtypes; for an
+    exported .onnx/.mindir graph its task, preset, precision, inputs, outputs and files."""
+    from ..runtimes.runners import MINDIR, ONNX, runtime_of
     from .pipeline import describe
 
-    info = describe(file, source_scheme)
+    if runtime_of(file) in (ONNX, MINDIR):
+        from ..runtimes.describe import describe_graph
+
+        info = describe_graph(file)
+    else:
+        info = describe(file, source_scheme)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
     width = max(map(len, info))
     for key, value in info.items():
-        if isinstance(value, dict):
+        if key == "files":
+            value = ", ".join(f"{k} ({v:,} bytes)" for k, v in value.items())
+        elif key == "config":
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        elif isinstance(value, dict):
             value = ", ".join(f"{k} x{v}" for k, v in value.items())
         elif isinstance(value, list):
             value = ", ".join(value) or "-"

@@ -16,13 +16,18 @@ from ..convert.settings import BY_NAME, FILE, FLAG, PRESET, settings_record
 from ..models.config import PRETRAIN
 from ..parity.compare import Report
 from .runners import MINDIR, ONNX, graph_files, graph_target, open_graph
+from .isolate import run_in_child
 from .tasks import Task, check_kind, get_task, metadata
-from .validate import BATCHES, DEFAULT_ATOL, MIN_COSINE, MIN_TOP1, check, lossy_tolerances, lossy_top1, run_source
+from .validate import (BATCHES, DEFAULT_ATOL, MIN_COSINE, MIN_TOP1, Expected, check, lossy_tolerances, lossy_top1,
+                       run_source)
 
 FORMATS = (ONNX, MINDIR)
 SOURCE_TWIN = {ONNX: TORCH, MINDIR: MINDSPORE}
 FP32, FP16, BF16 = "fp32", "fp16", "bf16"
 DTYPES = (FP32, FP16, BF16)
+# Checkpoints with more weights than this are exported from a child process (see _source_side);
+# below it, a child's start-up (imports: seconds) would cost more than the memory it frees.
+ISOLATE_BYTES = 64 << 20
 # Neither runtime here can run (so validate) bf16: said in one line, not attempted.
 NO_BF16 = {ONNX: "ONNX opset 18 has no bfloat16 Conv and onnxruntime's CPU provider no bfloat16 MatMul",
            MINDIR: "MindSpore on CPU runs no bfloat16 MatMul or Softmax"}
@@ -56,32 +61,21 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str, task
            seed: int | None = None, log: Callable[[str], None] = lambda _: None) -> Exported:
     out = Path(out)
     task = _check_request(checkpoint, out, fmt, task_name, quantize, dtype, force)
-    loaded = load_canonical(checkpoint)
+    loaded = load_canonical(checkpoint)  # names and shapes only: the weights are read by the source side
     detected = loaded.detected
     check_kind(task, detected.kind, str(checkpoint))
     resolved = loaded.settings(**(settings or {}))
-    config = resolved.config
     notes = [settings_note(resolved)]
     precision = quantize or dtype
-    info = {**metadata(task, detected.preset, detected.kind, config), "maeconv.precision": precision}
-    from .runners import twin_runner
-
-    log(f"building the {SOURCE_TWIN[fmt]} twin ({detected.preset}, {detected.kind}) for task {task.name}")
-    source = twin_runner(loaded, task, SOURCE_TWIN[fmt], config)
-    inputs = [loaded.checkpoint.path]
-    del loaded  # the twin holds the weights now
-    log(f"running the {SOURCE_TWIN[fmt]} twin on the validation inputs (batch sizes {', '.join(map(str, batches))})")
-    expected = run_source(source, batches, seed)
-    with staged(graph_target(out, fmt), force=force, inputs=inputs) as stage:
-        tmp = stage.path()
-        if fmt == ONNX:
-            _write_onnx(source, tmp, info, quantize, optimize, dtype, notes, log)
-        else:
-            _write_mindir(source, tmp, info, dtype, log)
-        source = None  # the twin goes before the exported graph is opened: never both in memory
-        gc.collect()
+    info = {**metadata(task, detected.preset, detected.kind, resolved.config), "maeconv.precision": precision}
+    weights = sum(ref.nbytes for ref in loaded.refs.values())
+    with staged(graph_target(out, fmt), force=force, inputs=[loaded.checkpoint.path]) as stage:
+        job = SourceJob(str(loaded.checkpoint.path), fmt, task.name, settings or {}, info, quantize, optimize,
+                        dtype, tuple(batches), seed)
+        expected, written = _source_side(job, stage.path(), out, weights > ISOLATE_BYTES, log)
+        notes += written
         log(f"validating {out} against the {SOURCE_TWIN[fmt]} twin's outputs")
-        exported = open_graph(tmp, fmt)
+        exported = open_graph(stage.path(), fmt)
         if precision != FP32:
             report = check(exported, expected, lossy_tolerances(task.outputs, min_cosine),
                            lossy_top1(task.outputs, min_top1))
@@ -97,6 +91,60 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str, task
     if len(files) > 1:
         report.notes.append(f"files: {', '.join(str(f) for f in files)} (they move together)")
     return Exported(out, fmt, task.name, detected.preset, detected.kind, precision, report, notes, files)
+
+
+@dataclass(frozen=True)
+class SourceJob:
+    """What the source side needs: picklable, for a child process."""
+
+    checkpoint: str
+    fmt: str
+    task: str
+    settings: dict
+    info: dict
+    quantize: str | None
+    optimize: bool
+    dtype: str
+    batches: tuple[int, ...]
+    seed: int | None
+
+
+def _source_side(job: SourceJob, tmp: Path, out: Path, isolated: bool, log) -> tuple[Expected, list[str]]:
+    """The twin's outputs on the validation inputs, and the graph written to `tmp`. A large model's
+    twin lives in a child process: when it exits, everything its framework cached goes with it
+    (MindSpore keeps a compiled twin's parameters, torch.onnx views of them, after the last
+    reference is dropped), so the exported graph is opened with that memory free."""
+    try:
+        if isolated:
+            return run_in_child(write_from_twin, (job, tmp), log)
+        done = write_from_twin(job, tmp, log)
+        gc.collect()  # the twin's cells, which MindSpore links in cycles
+        return done
+    except MaeconvError as error:  # name the output as the user gave it, not its staged path
+        raise MaeconvError(str(error).replace(str(tmp), str(out))) from None
+
+
+def write_from_twin(job: SourceJob, tmp: Path, log: Callable[[str], None] = lambda _: None) -> tuple[Expected, list[str]]:
+    from ..parity.twins import PYNATIVE
+    from .runners import twin_runner
+
+    loaded = load_canonical(job.checkpoint)
+    task = get_task(job.task)
+    config = loaded.settings(**job.settings).config
+    detected = loaded.detected
+    log(f"building the {SOURCE_TWIN[job.fmt]} twin ({detected.preset}, {detected.kind}) for task {task.name}")
+    # MindSpore's PyNative mode: graph mode keeps a second copy of the weights for the compiled graph.
+    source = twin_runner(loaded, task, SOURCE_TWIN[job.fmt], config, mode=PYNATIVE)
+    del loaded
+    log(f"running the {SOURCE_TWIN[job.fmt]} twin on the validation inputs "
+        f"(batch sizes {', '.join(map(str, job.batches))})")
+    expected = run_source(source, job.batches, job.seed)
+    notes: list[str] = []
+    if job.fmt == ONNX:
+        _write_onnx(source, tmp, job.info, job.quantize, job.optimize, job.dtype, notes, log)
+    else:
+        _write_mindir(source, tmp, job.info, job.dtype, log)
+    return expected, notes
 
 
 def _check_request(checkpoint, out: Path, fmt: str, task_name: str, quantize, dtype: str, force: bool) -> Task:

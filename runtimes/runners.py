@@ -96,8 +96,9 @@ class MindSporeRunner(Runner):
         return self._named(t.asnumpy() for t in outputs)
 
 
-def twin_runner(loaded, task, framework: str, config=None) -> Runner:
-    """The source twin of `task` with the canonical state of `loaded` (see load_canonical)."""
+def twin_runner(loaded, task, framework: str, config=None, mode: str | None = None) -> Runner:
+    """The source twin of `task` with the canonical state of `loaded` (see load_canonical);
+    MindSpore's in `mode` (graph unless told)."""
     from ..convert.twins import task_of
     from ..parity.twins import GRAPH, build_model
 
@@ -106,14 +107,14 @@ def twin_runner(loaded, task, framework: str, config=None) -> Runner:
     info = GraphInfo(task, detected.preset, detected.kind, config)
     # The references, not `loaded.state`: each tensor is read as it is copied into the twin, so
     # the checkpoint's weights are never in memory twice.
-    model = build_model(loaded.refs, config, framework, GRAPH, task_of(detected.kind))
+    model = build_model(loaded.refs, config, framework, mode or GRAPH, task_of(detected.kind))
     if framework == TORCH:
         from .onnx.graphs import GRAPHS
 
         return TorchRunner(info, GRAPHS[task.name](model).eval())
     from .ascend.graphs import GRAPHS
 
-    return MindSporeRunner(info, GRAPHS[task.name](model).set_train(False), f"{MINDSPORE} graph mode")
+    return MindSporeRunner(info, GRAPHS[task.name](model).set_train(False), f"{MINDSPORE} {mode or GRAPH} mode")
 
 
 def runtime_of(path: str | os.PathLike) -> str:
@@ -127,6 +128,10 @@ def open_graph(path: str | os.PathLike, runtime: str, threads: int = 0) -> Runne
     path = Path(path)
     if not path.is_file():
         raise MaeconvError(f"{path}: no such file")
+    if runtime in (ONNX, MINDIR):
+        from .describe import check_weight_files
+
+        check_weight_files(path, runtime)
     if runtime == ONNX:
         from .onnx.session import OnnxRunner
 

@@ -55,12 +55,12 @@ class HalfGraph(nn.Cell):
         super().__init__()
         for param in graph.get_parameters():
             param.set_dtype(dtype)  # set_data would cast the new data back to the old dtype
-        self.graph = graph
+        self.task_graph = graph
         self.dtype = dtype
 
     def construct(self, images: Tensor, noise: Tensor = None):
         images = ops.cast(images, self.dtype)
-        outputs = self.graph(images) if noise is None else self.graph(images, noise)
+        outputs = self.task_graph(images) if noise is None else self.task_graph(images, noise)
         if isinstance(outputs, tuple):
             return tuple([ops.cast(output, mstype.float32) for output in outputs])
         return ops.cast(outputs, mstype.float32)

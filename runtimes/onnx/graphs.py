@@ -54,12 +54,12 @@ class HalfGraph(nn.Module):
 
     def __init__(self, graph: nn.Module, dtype: torch.dtype):
         super().__init__()
-        self.graph = graph.to(dtype)
+        self.task_graph = graph.to(dtype)  # not `graph`: a torch.fx module keeps its own graph there
         self.dtype = dtype
 
     def forward(self, images: torch.Tensor, noise: torch.Tensor | None = None):
         images = images.to(self.dtype)
-        outputs = self.graph(images) if noise is None else self.graph(images, noise)
+        outputs = self.task_graph(images) if noise is None else self.task_graph(images, noise)
         if isinstance(outputs, tuple):
             return tuple(output.float() for output in outputs)
         return outputs.float()
