@@ -186,3 +186,27 @@ def test_huge_exports_and_validates(huge_full, tmp_path, fmt, task):
     shown = json.loads(run("inspect", tmp_path / main, "--json").stdout)
     assert shown["task"] == task and shown["preset"] == "mae_vit_huge_patch14"
     assert shown["bytes"] > (2_500_000_000 if task == "pretrain" else 2_400_000_000)
+
+
+# --- the source side in a child process (what every model over ISOLATE_BYTES gets) ---
+
+@pytest.mark.parametrize("fmt", ["onnx", "mindir"])
+def test_isolated_export_reports_progress_and_validates(classifier, tmp_path, monkeypatch, fmt):
+    from maeconv.runtimes import export as export_module
+
+    monkeypatch.setattr(export_module, "ISOLATE_BYTES", 0)
+    lines = []
+    done = export_module.export(classifier, tmp_path / f"c.{fmt}", fmt, "classify", log=lines.append)
+    assert done.report.passed and tree(tmp_path) == [f"c.{fmt}"]
+    assert lines[0].startswith("building the ") and lines[-1].startswith("validating ")  # the child's, then ours
+
+
+def test_an_error_in_the_child_comes_back_as_one_line_naming_the_output(tmp_path):
+    from maeconv.convert.errors import MaeconvError
+    from maeconv.runtimes.export import SourceJob, write_from_twin
+    from maeconv.runtimes.isolate import run_in_child
+
+    job = SourceJob(str(tmp_path / "gone.pth"), "onnx", "classify", {}, {}, None, False, "fp32", (1,), 0)
+    with pytest.raises(MaeconvError, match="gone.pth: no such file"):
+        run_in_child(write_from_twin, (job, tmp_path / "x.onnx"), lambda _: None)
+    assert tree(tmp_path) == []
