@@ -15,8 +15,8 @@ from ..convert.pipeline import load_canonical
 from ..convert.settings import BY_NAME, FILE, FLAG, PRESET, settings_record
 from ..models.config import PRETRAIN
 from ..parity.compare import Report
-from .runners import MINDIR, ONNX, graph_files, graph_target, open_graph
 from .isolate import run_in_child
+from .runners import MINDIR, ONNX, graph_files, graph_target, open_graph
 from .tasks import Task, check_kind, get_task, metadata
 from .validate import (BATCHES, DEFAULT_ATOL, MIN_COSINE, MIN_TOP1, Expected, check, lossy_tolerances, lossy_top1,
                        run_source)

@@ -19,6 +19,9 @@ ONNX, MINDIR = "onnx", "mindir"
 RUNTIMES = (TORCH, MINDSPORE, ONNX, MINDIR)
 SUFFIX_OF_RUNTIME = {ONNX: ".onnx", MINDIR: ".mindir"}
 MINDIR_VARIABLES = re.compile(r"data_\d+")  # what mindspore.export writes in <name>_variables/
+# Weights over this go beside the graph, in both runtimes: protobuf cannot hold a file of 2 GiB,
+# and 1 GiB is where MindSpore itself splits a MindIR (serialization.TOTAL_SAVE).
+SPLIT_BYTES = 1 << 30
 
 
 def mindir_prefix(path: str | os.PathLike) -> str:

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from maeconv.convert import outputs
 from maeconv.convert.cli import cli
+from maeconv.runtimes import runners
 from maeconv.runtimes.runners import open_graph
 from maeconv.runtimes.tasks import TASKS, random_inputs
 
@@ -37,12 +38,7 @@ def classifier(tmp_path_factory):
 @pytest.fixture
 def split(monkeypatch):
     """Every model counts as large: weights beside the graph in both runtimes."""
-    import mindspore.train.serialization as serialization
-
-    from maeconv.runtimes.onnx import export as onnx_export
-
-    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)
-    monkeypatch.setattr(serialization, "TOTAL_SAVE", 0)
+    monkeypatch.setattr(runners, "SPLIT_BYTES", 0)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "mindir"])
@@ -94,11 +90,7 @@ def test_force_replaces_the_whole_set_and_only_it(split, classifier, tmp_path, m
     assert run("export", fmt, classifier, tmp_path / main, "--task", "features", "--force").exit_code == 0
     assert tree(tmp_path) == first and open_graph(tmp_path / main, fmt).info.task.name == "features"
     # A small model over a large one: the old weights go too, so no stale file poses as part of it.
-    from maeconv.runtimes.onnx import export as onnx_export
-    import mindspore.train.serialization as serialization
-
-    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 1 << 30)
-    monkeypatch.setattr(serialization, "TOTAL_SAVE", 1 << 20)
+    monkeypatch.setattr(runners, "SPLIT_BYTES", 1 << 30)
     assert run("export", fmt, classifier, tmp_path / main, "--task", "classify", "--force").exit_code == 0
     assert tree(tmp_path) == [main]
     # A weights name that holds what maeconv does not write is never replaced.

@@ -1,11 +1,13 @@
 """The MindSpore twin to MindIR (`mindspore.export`), and MindIR files run as `nn.GraphCell`."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Mapping
 
 from ...convert.errors import MaeconvError
+from ...convert.outputs import remove_written
 from ..runners import MindSporeRunner, mindir_prefix
 from ..tasks import Task, input_shapes, read_metadata
 
@@ -14,11 +16,15 @@ def export_mindir(cell, task: Task, config, path: str | os.PathLike, metadata: M
     """Writes `cell` (a cell of runtimes/ascend/graphs.py) to `path`, which must end in .mindir
     (MindSpore appends the suffix otherwise). The batch axis is dynamic (-1 in the file).
 
-    Weights over 1 GiB MindSpore writes apart (mindspore/train/serialization.py: `_save_together`
-    against TOTAL_SAVE, then `_split_save`): `h_graph.mindir` and `h_variables/data_0`, the graph
-    naming each tensor's file relative to its own folder. The graph is renamed to `h.mindir`, so
-    the user's name is the file to load, whatever the size."""
+    MindSpore saves a model whose weights total over 1 GiB apart (mindspore/train/serialization.py:
+    `_save_together` against TOTAL_SAVE, then `_split_save`): `h_graph.mindir` and
+    `h_variables/data_0`, the graph naming each tensor's file relative to its own folder; that
+    save streams, one parameter at a time, while the one-file save holds the weights three times
+    over. So it is made to split always; the graph is renamed to `h.mindir` (the user's name is
+    the file to load, whatever the size) and weights up to SPLIT_BYTES are put back into it."""
     import mindspore as ms
+
+    from .. import runners
 
     path = Path(path)
     if not str(path).endswith(".mindir"):
@@ -31,12 +37,38 @@ def export_mindir(cell, task: Task, config, path: str | os.PathLike, metadata: M
             model_proto.user_info[key] = value
 
     try:
-        ms.export(cell, *placeholders, file_name=str(path), file_format="MINDIR", custom_func=record_metadata)
+        with _always_split():
+            ms.export(cell, *placeholders, file_name=str(path), file_format="MINDIR", custom_func=record_metadata)
     except Exception as error:
         raise MaeconvError(f"{path}: MindIR export failed ({str(error).strip().splitlines()[0]})") from None
-    split = path.with_name(f"{mindir_prefix(path)}_graph.mindir")
-    if split.exists() and not path.exists():
-        split.rename(path)
+    path.with_name(f"{mindir_prefix(path)}_graph.mindir").rename(path)
+    if sum(param.nbytes for param in cell.get_parameters()) <= runners.SPLIT_BYTES:
+        _inline_variables(path)
+
+
+@contextlib.contextmanager
+def _always_split():
+    from mindspore.train import serialization
+
+    limit = serialization.TOTAL_SAVE
+    serialization.TOTAL_SAVE = -1  # `_save_together` compares the running total (KB) with it
+    try:
+        yield
+    finally:
+        serialization.TOTAL_SAVE = limit
+
+
+def _inline_variables(path: Path) -> None:
+    import mindspore as ms
+
+    from ..inline import inline
+
+    def locate(tensor):
+        where = tensor.external_data
+        return (where.location, where.offset, where.length) if where.location else None
+
+    for data in inline(path, ms.load_mindir(str(path)), "parameter", locate, lambda t: t.ClearField("external_data")):
+        remove_written(path.parent / Path(data).parent)
 
 
 class MindIRRunner(MindSporeRunner):

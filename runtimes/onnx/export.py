@@ -12,6 +12,7 @@ from typing import Mapping
 import numpy as np
 
 from ...convert.errors import MaeconvError
+from .. import runners
 from ..tasks import Task, random_inputs
 
 # Pinned: every op the twins need is in opset 18 (LayerNormalization since 17), and onnxruntime,
@@ -19,9 +20,6 @@ from ..tasks import Task, random_inputs
 OPSET = 18
 INT8 = "int8"
 QUANTIZED_OPS = ("MatMul",)  # the Linear layers: almost all of ViT's arithmetic
-# Weights over this go to `<name>.onnx.data` beside the graph. protobuf cannot hold a file of
-# 2 GiB; 1 GiB is where MindSpore splits a MindIR too, so one size decides both layouts.
-EXTERNAL_DATA_BYTES = 1 << 30
 
 
 def weights_bytes(model) -> int:
@@ -56,7 +54,7 @@ def _quiet_exporter():
 
 def export_onnx(graph, task: Task, config, path: str | os.PathLike, metadata: Mapping[str, str]) -> None:
     """Writes `graph` (a module of runtimes/onnx/graphs.py) to `path`, batch axis dynamic; weights
-    over EXTERNAL_DATA_BYTES to `<path>.data`, which the graph names without a folder."""
+    over runners.SPLIT_BYTES to `<path>.data`, which the graph names without a folder."""
     import torch
 
     example = random_inputs(task, config, batch=2, rng=np.random.default_rng(0))
@@ -74,7 +72,7 @@ def export_onnx(graph, task: Task, config, path: str | os.PathLike, metadata: Ma
     # Saved with external data always: that streams the weights, one tensor at a time, from the
     # twin's parameters. A single-file save builds the whole protobuf and then its serialised copy
     # (measured on ViT-B: 2.2 GB peak for 0.45 GB of weights).
-    large = weights_bytes(program.model) > EXTERNAL_DATA_BYTES
+    large = weights_bytes(program.model) > runners.SPLIT_BYTES
     program.save(str(path), external_data=True)
     del program
     if not large:
@@ -82,68 +80,22 @@ def export_onnx(graph, task: Task, config, path: str | os.PathLike, metadata: Ma
 
 
 def inline_weights(path: str | os.PathLike) -> None:
-    """Rewrites an ONNX file whose initializers are in `<path>.data` as one file, streaming: the
-    protobuf is written field by field (a message's fields may come in any order), with each
-    tensor's bytes copied from the data file, so memory stays near one tensor."""
+    """Rewrites an ONNX file whose initializers are in `<path>.data` as one file, streaming."""
     import onnx
+
+    from ..inline import inline
+
+    def locate(tensor):
+        where = {entry.key: entry.value for entry in tensor.external_data}
+        return (where["location"], int(where.get("offset", 0)), int(where["length"])) if where else None
+
+    def strip(tensor):
+        tensor.ClearField("external_data")
+        tensor.ClearField("data_location")
 
     path = Path(path)
-    model = onnx.load(str(path), load_external_data=False)
-    tensors = list(model.graph.initializer)
-    del model.graph.initializer[:]
-    heads = [_inline_head(tensor) for tensor in tensors]
-    graph_rest = model.graph.SerializeToString()
-    model.ClearField("graph")
-    graph_size = len(graph_rest) + sum(len(head) + length for head, _, length in heads)
-    single = path.with_name(f"{path.name}.single")
-    with open(single, "wb") as out, open(path.with_name(f"{path.name}.data"), "rb") as data:
-        out.write(model.SerializeToString())
-        out.write(_field(MODEL_GRAPH, graph_size) + graph_rest)
-        for head, offset, length in heads:
-            out.write(head)
-            data.seek(offset)
-            while length:
-                chunk = data.read(min(length, 64 << 20))
-                if not chunk:
-                    raise MaeconvError(f"{path}: external data ends inside a tensor")
-                out.write(chunk)
-                length -= len(chunk)
-    os.replace(single, path)
-    path.with_name(f"{path.name}.data").unlink()
-
-
-MODEL_GRAPH, GRAPH_INITIALIZER, TENSOR_RAW_DATA = 7, 5, 9  # onnx.proto field numbers
-
-
-def _field(number: int, length: int) -> bytes:
-    """A length-delimited field's tag and length."""
-    return _varint(number << 3 | 2) + _varint(length)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _inline_head(tensor) -> tuple[bytes, int, int]:
-    """The bytes of an initializer entry up to its raw data, and where that data is in the file."""
-    import onnx
-
-    where = {entry.key: entry.value for entry in tensor.external_data}
-    stub = onnx.TensorProto()
-    stub.CopyFrom(tensor)
-    stub.ClearField("external_data")
-    stub.ClearField("data_location")
-    if not where:  # a tensor small enough to have stayed in the graph
-        body = stub.SerializeToString()
-        return _field(GRAPH_INITIALIZER, len(body)) + body, 0, 0
-    offset, length = int(where.get("offset", 0)), int(where["length"])
-    body = stub.SerializeToString() + _field(TENSOR_RAW_DATA, length)
-    return _field(GRAPH_INITIALIZER, len(body) + length) + body, offset, length
+    for data in inline(path, onnx.load(str(path), load_external_data=False), "initializer", locate, strip):
+        (path.parent / data).unlink()
 
 
 def fuse_transformer(src: str | os.PathLike, dst: str | os.PathLike, config) -> dict[str, int]:
@@ -159,7 +111,7 @@ def fuse_transformer(src: str | os.PathLike, dst: str | os.PathLike, config) -> 
     counts = {op: n for op, n in model.get_fused_operator_statistics().items() if n}
     original = onnx.load(str(src), load_external_data=False)
     onnx.helper.set_model_props(model.model, {p.key: p.value for p in original.metadata_props})
-    large = sum(t.ByteSize() for t in model.model.graph.initializer) > EXTERNAL_DATA_BYTES
+    large = sum(t.ByteSize() for t in model.model.graph.initializer) > runners.SPLIT_BYTES
     model.save_model_to_file(str(dst), use_external_data_format=large)
     return counts
 
