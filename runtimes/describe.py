@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ..convert.errors import MaeconvError
-from .runners import MINDIR, ONNX, graph_files, runtime_of
+from .runners import MINDIR, ONNX, runtime_of
 from .tasks import read_metadata
 
 
@@ -41,13 +41,16 @@ def weight_files(path: Path, runtime: str) -> list[str]:
     return mindir_variables(path)
 
 
-def check_weight_files(path: Path, runtime: str) -> None:
-    """A graph whose weight files were not moved with it fails here, in one line, not deep inside
-    a runtime."""
-    missing = [name for name in weight_files(path, runtime) if not (path.parent / name).is_file()]
+def check_weight_files(path: Path, runtime: str) -> list[Path]:
+    """The files holding the graph's weights, by the names the graph records (so a renamed graph
+    still finds them); one whose weights were not moved with it fails here, in one line, not
+    deep inside a runtime."""
+    named = [path.parent / name for name in weight_files(path, runtime)]
+    missing = [f for f in named if not f.is_file()]
     if missing:
-        raise MaeconvError(f"{path}: its weights are in {missing[0]}, which is not beside it (the files of an "
-                           "export are copied and moved together)")
+        raise MaeconvError(f"{path}: its weights are in {missing[0].relative_to(path.parent)}, which is not "
+                           "beside it (the files of an export are copied and moved together)")
+    return named
 
 
 def describe_graph(source: str | os.PathLike) -> dict:
@@ -59,8 +62,7 @@ def describe_graph(source: str | os.PathLike) -> dict:
         raise MaeconvError(f"{path}: no such file")
     meta = graph_metadata(path, runtime)
     info = read_metadata(meta, str(path))
-    check_weight_files(path, runtime)
-    files = graph_files(path, runtime)
+    files = [path, *check_weight_files(path, runtime)]
     described = {
         "file": str(path),
         "format": runtime,

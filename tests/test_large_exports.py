@@ -182,6 +182,7 @@ def test_huge_exports_and_validates(huge_full, tmp_path, fmt, task):
 
 # --- the source side in a child process (what every model over ISOLATE_BYTES gets) ---
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "mindir"])
 def test_isolated_export_reports_progress_and_validates(classifier, tmp_path, monkeypatch, fmt):
     from maeconv.runtimes import export as export_module
@@ -193,6 +194,7 @@ def test_isolated_export_reports_progress_and_validates(classifier, tmp_path, mo
     assert lines[0].startswith("building the ") and lines[-1].startswith("validating ")  # the child's, then ours
 
 
+@pytest.mark.slow
 def test_an_error_in_the_child_comes_back_as_one_line_naming_the_output(tmp_path):
     from maeconv.convert.errors import MaeconvError
     from maeconv.runtimes.export import SourceJob, write_from_twin
@@ -202,3 +204,11 @@ def test_an_error_in_the_child_comes_back_as_one_line_naming_the_output(tmp_path
     with pytest.raises(MaeconvError, match="gone.pth: no such file"):
         run_in_child(write_from_twin, (job, tmp_path / "x.onnx"), lambda _: None)
     assert tree(tmp_path) == []
+
+
+def test_a_renamed_graph_still_finds_and_lists_its_weights(split, classifier, tmp_path):
+    assert run("export", "onnx", classifier, tmp_path / "h.onnx", "--task", "features").exit_code == 0
+    (tmp_path / "h.onnx").rename(tmp_path / "renamed.onnx")
+    shown = json.loads(run("inspect", tmp_path / "renamed.onnx", "--json").stdout)
+    assert [os.path.basename(f) for f in shown["files"]] == ["renamed.onnx", "h.onnx.data"]
+    assert open_graph(tmp_path / "renamed.onnx", "onnx").info.task.name == "features"
