@@ -24,26 +24,32 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 PRESETS = {"base": ("mae_vit_base_patch16", "vit_base_patch16"), "large": ("mae_vit_large_patch16", "vit_large_patch16"),
            "huge": ("mae_vit_huge_patch14", "vit_huge_patch14")}
 SUFFIX = {"onnx": "h.onnx", "mindir": "h.mindir"}
 
 
-def checkpoint(folder: Path, size: str, task: str) -> Path:
-    """The seeded checkpoint a task exports from: the full file, or a classifier for classify."""
-    from helpers import save_official, seeded_state
+WRITE = """import sys
+sys.path.insert(0, sys.argv[1])
+from helpers import save_official, seeded_state
+save_official(sys.argv[2], seeded_state(sys.argv[3]))
+"""
 
+
+def checkpoint(folder: Path, size: str, task: str) -> Path:
+    """The seeded checkpoint a task exports from: the full file, or a classifier for classify.
+    Written by another process: a forked child's peak RSS counts the pages it shares with its
+    parent until it execs, so this process must stay small."""
     kind = "classifier" if task == "classify" else "full"
     path = folder / f"{size}_{kind}.pth"
     if not path.exists():
-        save_official(path, seeded_state(PRESETS[size][kind == "classifier"]))
+        subprocess.run([sys.executable, "-c", WRITE, str(Path(__file__).resolve().parents[1]), str(path),
+                        PRESETS[size][kind == "classifier"]], check=True)
     return path
 
 
 def weights_bytes(path: Path) -> int:
-    from maeconv.convert.pipeline import load_canonical
+    from maeconv.convert.pipeline import load_canonical  # headers only: this process stays small
 
     return sum(ref.nbytes for ref in load_canonical(path).refs.values())
 
