@@ -16,8 +16,8 @@ from ..convert.settings import BY_NAME, FILE, FLAG, PRESET, settings_record
 from ..models.config import PRETRAIN
 from ..parity.compare import Report
 from .isolate import run_in_child
-from .runners import MINDIR, ONNX, graph_files, graph_target, open_graph
-from .tasks import Task, check_kind, get_task, metadata
+from .runners import MINDIR, ONNX, Runner, graph_files, graph_target, open_graph
+from .tasks import Task, check_kind, get_task, metadata, read_metadata
 from .validate import (BATCHES, DEFAULT_ATOL, MIN_COSINE, MIN_TOP1, Expected, check, lossy_tolerances, lossy_top1,
                        run_source)
 
@@ -72,14 +72,14 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str, task
     notes = [settings_note(resolved)]
     precision = quantize or dtype
     info = {**metadata(task, detected.preset, detected.kind, resolved.config), "maeconv.precision": precision}
-    weights = sum(ref.nbytes for ref in loaded.refs.values())
+    isolated = sum(ref.nbytes for ref in loaded.refs.values()) > ISOLATE_BYTES
     with staged(graph_target(out, fmt), force=force, inputs=[loaded.checkpoint.path]) as stage:
         job = SourceJob(str(loaded.checkpoint.path), fmt, task.name, settings or {}, info, quantize, optimize,
                         dtype, tuple(batches or VALIDATION_BATCHES[fmt]), seed)
-        expected, written = _source_side(job, stage.path(), out, weights > ISOLATE_BYTES, log)
+        expected, written = _source_side(job, stage.path(), out, isolated, log)
         notes += written
         log(f"validating {out} against the {SOURCE_TWIN[fmt]} twin's outputs")
-        exported = open_graph(stage.path(), fmt)
+        exported = GraphPerCall(stage.path(), fmt) if isolated and fmt == MINDIR else open_graph(stage.path(), fmt)
         if precision != FP32:
             report = check(exported, expected, lossy_tolerances(task.outputs, min_cosine),
                            lossy_top1(task.outputs, min_top1))
@@ -95,6 +95,29 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str, task
     if len(files) > 1:
         report.notes.append(f"files: {', '.join(str(f) for f in files)} (they move together)")
     return Exported(out, fmt, task.name, detected.preset, detected.kind, precision, report, notes, files)
+
+
+class GraphPerCall(Runner):
+    """An exported graph opened afresh, in a child process, for every call: a MindSpore GraphCell
+    keeps the activations of each batch size it has run for as long as it lives (ViT-H: about 1 GB
+    per image), so each validation batch gets a process whose memory all goes back when it ends.
+    Its timings include starting that process and loading the graph."""
+
+    def __init__(self, path: Path, fmt: str):
+        from .describe import graph_metadata
+
+        meta = graph_metadata(path, fmt)
+        precision = meta.get("maeconv.precision", FP32)
+        super().__init__(read_metadata(meta, str(path)), "MindIR GraphCell, a process per batch"
+                         + ("" if precision == FP32 else f", {precision}"))
+        self.path, self.fmt = path, fmt
+
+    def __call__(self, inputs):
+        return run_in_child(run_graph, (self.path, self.fmt, dict(inputs)), lambda _: None, self.path)
+
+
+def run_graph(path: Path, fmt: str, inputs: dict, log: Callable[[str], None] = lambda _: None) -> dict:
+    return open_graph(path, fmt)(inputs)
 
 
 @dataclass(frozen=True)
@@ -120,7 +143,7 @@ def _source_side(job: SourceJob, tmp: Path, out: Path, isolated: bool, log) -> t
     reference is dropped), so the exported graph is opened with that memory free."""
     try:
         if isolated:
-            return run_in_child(write_from_twin, (job, tmp), log)
+            return run_in_child(write_from_twin, (job, tmp), log, tmp)
         done = write_from_twin(job, tmp, log)
         gc.collect()  # the twin's cells, which MindSpore links in cycles
         return done

@@ -18,10 +18,10 @@ LOG, DONE, ERROR = "log", "done", "error"
 CHILD = "import sys; from maeconv.runtimes.isolate import child_main; child_main(int(sys.argv[1]))"
 
 
-def run_in_child(fn: Callable, args: tuple, log: Callable[[str], None]):
+def run_in_child(fn: Callable, args: tuple, log: Callable[[str], None], shown):
     """`fn(*args, log=...)` (a module-level function, picklable arguments) in a child process: its
-    log lines reach `log` as they come, its result or exception comes back. An interrupt of this
-    process ends the child too."""
+    log lines reach `log` as they come, its result or exception comes back (an error names
+    `shown`). An interrupt of this process ends the child too."""
     read_fd, write_fd = os.pipe()
     try:
         # stdout stays clean for --json: the child writes nothing there
@@ -33,7 +33,7 @@ def run_in_child(fn: Callable, args: tuple, log: Callable[[str], None]):
         try:
             pickle.dump((fn, args), child.stdin)
             child.stdin.close()
-            return _receive(reader, child, log, args[-1])
+            return _receive(reader, child, log, shown)
         finally:
             if child.poll() is None:
                 child.terminate()

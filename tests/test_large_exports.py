@@ -192,6 +192,8 @@ def test_isolated_export_reports_progress_and_validates(classifier, tmp_path, mo
     done = export_module.export(classifier, tmp_path / f"c.{fmt}", fmt, "classify", log=lines.append)
     assert done.report.passed and tree(tmp_path) == [f"c.{fmt}"]
     assert lines[0].startswith("building the ") and lines[-1].startswith("validating ")  # the child's, then ours
+    if fmt == "mindir":  # each validation batch in a process of its own
+        assert done.report.rows and "a process per batch" in done.report.title
 
 
 @pytest.mark.slow
@@ -202,7 +204,7 @@ def test_an_error_in_the_child_comes_back_as_one_line_naming_the_output(tmp_path
 
     job = SourceJob(str(tmp_path / "gone.pth"), "onnx", "classify", {}, {}, None, False, "fp32", (1,), 0)
     with pytest.raises(MaeconvError, match="gone.pth: no such file"):
-        run_in_child(write_from_twin, (job, tmp_path / "x.onnx"), lambda _: None)
+        run_in_child(write_from_twin, (job, tmp_path / "x.onnx"), lambda _: None, tmp_path / "x.onnx")
     assert tree(tmp_path) == []
 
 
