@@ -79,7 +79,8 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str, task
         expected, written = _source_side(job, stage.path(), out, isolated, log)
         notes += written
         log(f"validating {out} against the {SOURCE_TWIN[fmt]} twin's outputs")
-        exported = GraphPerCall(stage.path(), fmt) if isolated and fmt == MINDIR else open_graph(stage.path(), fmt)
+        tmp = stage.path()
+        exported = GraphPerCall(tmp, fmt, info) if isolated and fmt == MINDIR else open_graph(tmp, fmt)
         if precision != FP32:
             report = check(exported, expected, lossy_tolerances(task.outputs, min_cosine),
                            lossy_top1(task.outputs, min_top1))
@@ -103,10 +104,9 @@ class GraphPerCall(Runner):
     per image), so each validation batch gets a process whose memory all goes back when it ends.
     Its timings include starting that process and loading the graph."""
 
-    def __init__(self, path: Path, fmt: str):
-        from .describe import graph_metadata
-
-        meta = graph_metadata(path, fmt)
+    def __init__(self, path: Path, fmt: str, meta: dict[str, str]):
+        # `meta`: what was written into the graph, which each child reads back from the file;
+        # reading it here would import MindSpore (0.4 GB) into a process that only waits.
         precision = meta.get("maeconv.precision", FP32)
         super().__init__(read_metadata(meta, str(path)), "MindIR GraphCell, a process per batch"
                          + ("" if precision == FP32 else f", {precision}"))
