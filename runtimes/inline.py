@@ -20,7 +20,8 @@ CHUNK = 64 << 20
 Locate = Callable[[object], "tuple[str, int, int] | None"]
 
 
-def inline(path: str | os.PathLike, model, tensors_field: str, locate: Locate, strip: Callable[[object], None]) -> list[str]:
+def inline(path: str | os.PathLike, model, tensors_field: str, locate: Locate,
+           strip: Callable[[object], None]) -> list[str]:
     """Rewrites `path` (whose parsed `model` names external tensors in `model.graph.<tensors_field>`)
     as one file; returns the data files it read, for the caller to remove."""
     path = Path(path)

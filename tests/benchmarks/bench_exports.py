@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-PRESETS = {"base": ("mae_vit_base_patch16", "vit_base_patch16"), "large": ("mae_vit_large_patch16", "vit_large_patch16"),
+PRESETS = {"base": ("mae_vit_base_patch16", "vit_base_patch16"),
+           "large": ("mae_vit_large_patch16", "vit_large_patch16"),
            "huge": ("mae_vit_huge_patch14", "vit_huge_patch14")}
 SUFFIX = {"onnx": "h.onnx", "mindir": "h.mindir"}
 
