@@ -20,7 +20,7 @@ def from_pretrained(name_or_path: str | os.PathLike, framework: str = TORCH, **c
     settings = {name: config_overrides.pop(name) for name in SETTING_FIELDS if name in config_overrides}
     config = _checked(loaded.settings(**settings).config.replace(**config_overrides), name_or_path)
     model = create_model(config, task_of(loaded.detected.kind), framework)
-    report = load_state(model, loaded.state, framework, str(name_or_path))
+    report = load_state(model, loaded.refs, framework, str(name_or_path))
     model.decoder_absent = report.decoder_absent
     if report.decoder_absent:
         warnings.warn(f"{name_or_path}: encoder-only checkpoint; the decoder is left as initialised, not trained",

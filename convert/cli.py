@@ -289,16 +289,27 @@ def download(name, list_names, force, as_json):
 @click.option("--from", "source_scheme", type=click.Choice(SCHEME_CHOICES), help="Naming scheme (default: detected).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def inspect(file, source_scheme, as_json):
-    """Format, naming scheme, checkpoint kind, preset, key and parameter counts, dtypes."""
+    """Format, naming scheme, checkpoint kind, preset, key and parameter counts, dtypes; for an
+    exported .onnx/.mindir graph its task, preset, precision, inputs, outputs and files."""
+    from ..runtimes.runners import MINDIR, ONNX, runtime_of
     from .pipeline import describe
 
-    info = describe(file, source_scheme)
+    if runtime_of(file) in (ONNX, MINDIR):
+        from ..runtimes.describe import describe_graph
+
+        info = describe_graph(file)
+    else:
+        info = describe(file, source_scheme)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
     width = max(map(len, info))
     for key, value in info.items():
-        if isinstance(value, dict):
+        if key == "files":
+            value = ", ".join(f"{k} ({v:,} bytes)" for k, v in value.items())
+        elif key == "config":
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        elif isinstance(value, dict):
             value = ", ".join(f"{k} x{v}" for k, v in value.items())
         elif isinstance(value, list):
             value = ", ".join(value) or "-"
@@ -515,6 +526,14 @@ def _export_options(fn):
         click.option("--atol", type=Finite(0), default=None,
                      help="Validation tolerance per output (default 1e-4 ONNX, 1e-5 MindIR)."),
         click.option("--seed", type=SEED, default=None, help="Seed of the validation inputs (default: fresh)."),
+        click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+                     help="Precision of the weights and arithmetic; inputs and outputs stay float32. fp16 is "
+                          "validated by cosine similarity and top-1 agreement; bf16 is refused (no runtime here "
+                          "runs it)."),
+        click.option("--min-cosine", type=Finite(-1, 1), default=0.99, show_default=True,
+                     help="int8, fp16: lowest cosine similarity."),
+        click.option("--min-top1", type=Finite(0, 1), default=0.75, show_default=True,
+                     help="int8, fp16: lowest top-1 agreement."),
         click.option("--keep-invalid", is_flag=True, help="Keep the file even if validation fails (exit 1)."),
         click.option("--force", is_flag=True, help="Overwrite an existing output."),
         click.option("--json", "as_json", is_flag=True, help="Print the validation report as JSON."),
@@ -536,7 +555,8 @@ def _export(fmt, checkpoint, out, task, as_json, **options):
     click.echo(done.report.to_json() if as_json else done.report.to_text())
     if not done.report.passed:
         raise MaeconvError(f"{out}: validation failed; file kept because of --keep-invalid")
-    say(f"wrote {done.path} ({done.preset}, {done.kind}, task {done.task}, {done.precision}, validated) "
+    also = f" with {', '.join(str(f) for f in done.files[1:])}" if len(done.files) > 1 else ""
+    say(f"wrote {done.path}{also} ({done.preset}, {done.kind}, task {done.task}, {done.precision}, validated) "
         f"in {time.perf_counter() - start:.1f} s")
 
 
@@ -551,9 +571,6 @@ def export_group():
               help="Dynamic int8 (features, classify); validated by cosine similarity and top-1 agreement.")
 @click.option("--optimize", is_flag=True,
               help="Store the graph fused by onnxruntime's transformer optimizer (SkipLayerNorm, BiasGelu).")
-@click.option("--min-cosine", type=Finite(-1, 1), default=0.99, show_default=True,
-              help="int8: lowest cosine similarity.")
-@click.option("--min-top1", type=Finite(0, 1), default=0.75, show_default=True, help="int8: lowest top-1 agreement.")
 def export_onnx(checkpoint, out, task, as_json, **options):
     """From the torch twin; opset 18, dynamic batch axis, run with onnxruntime."""
     _export("onnx", checkpoint, out, task, as_json, **options)

@@ -35,21 +35,45 @@ STAGING_PATTERN = re.compile(r"\.maeconv-(\d+)-[0-9a-f]{8}\.tmp\Z")
 
 
 @dataclass(frozen=True)
+class Companion:
+    """A name beside an output that belongs to it: a file, or (with `members`, a pattern of the
+    names a writer puts in it) a folder, such as MindSpore's `<name>_variables/` of `data_0`,
+    `data_1`, ... `--force` replaces such a folder only if it holds nothing but such names."""
+
+    name: str
+    members: re.Pattern | None = None
+
+
+@dataclass(frozen=True)
 class Target:
     """One output as the user names it, and what else belongs to it.
 
     `folder_members`: the output is a folder holding files of these names (an HF directory);
-    `--force` replaces an existing folder only if it holds nothing else. `companions`: names in
-    the same folder that belong to the output when they exist (external data written beside a
-    model); `--force` replaces them together with it."""
+    `--force` replaces an existing folder only if it holds nothing else. `companions`: files or
+    folders in the same folder that belong to the output when they exist (ONNX external data,
+    MindIR variables); `--force` replaces them together with it, and a run that writes only
+    some of them removes the others, so a set never mixes two runs' files."""
 
     path: Path
     folder_members: frozenset[str] | None = None
-    companions: tuple[str, ...] = ()
+    companions: tuple[Companion | str, ...] = ()
 
     @property
     def is_folder(self) -> bool:
         return self.folder_members is not None
+
+    @property
+    def companion_of(self) -> dict[str, Companion]:
+        return {c.name: c for c in (as_companion(c) for c in self.companions)}
+
+    @property
+    def members(self) -> list[Path]:
+        """The paths the output is made of: its main name last."""
+        return [*(self.path.parent / name for name in self.companion_of), self.path]
+
+
+def as_companion(companion: Companion | str) -> Companion:
+    return companion if isinstance(companion, Companion) else Companion(companion)
 
 
 def as_target(target: Target | str | os.PathLike) -> Target:
@@ -71,7 +95,7 @@ def check_target(target: Target | str | os.PathLike, force: bool = False,
     if not os.access(parent, os.W_OK | os.X_OK):
         raise MaeconvError(f"{path}: directory {parent} is not writable")
     protected = _protected(inputs)
-    for member in (path, *(parent / name for name in target.companions)):
+    for member in reversed(target.members):
         if not os.path.lexists(member):
             continue
         if _same_as_any(member, protected) or _holds_any(member, protected):
@@ -106,15 +130,20 @@ def _check_replaceable(member: Path, target: Target, protected: list[Path]) -> N
     resolved = member.resolve()
     if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
         raise MaeconvError(f"{member}: is the working directory or a folder above it; not replaced")
-    allowed = target.folder_members if member == target.path else None
+    companion = target.companion_of.get(member.name) if member != target.path else None
+    allowed = target.folder_members if member == target.path else companion.members if companion else None
     if allowed is None:
         raise MaeconvError(f"{member}: is a folder; --force replaces only an output maeconv wrote")
     with os.scandir(member) as entries:
         foreign = sorted(entry.name for entry in entries
-                         if entry.name not in allowed or entry.is_dir(follow_symlinks=False))
+                         if not _allowed(entry.name, allowed) or entry.is_dir(follow_symlinks=False))
     if foreign:
         raise MaeconvError(f"{member}: holds {foreign[0]!r}, which maeconv does not write there; "
                            "--force replaces only an output maeconv wrote")
+
+
+def _allowed(name: str, allowed: frozenset[str] | re.Pattern) -> bool:
+    return bool(allowed.fullmatch(name)) if isinstance(allowed, re.Pattern) else name in allowed
 
 
 def _protected(inputs: Iterable[str | os.PathLike]) -> list[Path]:
@@ -224,7 +253,11 @@ def _commit(staging: Path, targets: Sequence[Target], force: bool, inputs: list)
             check_target(target, force, inputs)
     named = {t.path.name for t in targets}
     entries = sorted(os.listdir(staging), key=lambda name: (name in named, name))  # companions first
-    companions = {name for t in targets for name in t.companions}
+    companions = {name for t in targets for name in t.companion_of}
+    undeclared = sorted(set(entries) - named - companions)
+    if undeclared:  # a writer that changed its layout: --force never checked such names
+        raise MaeconvError(f"{folder / undeclared[0]}: written beside {targets[0].path.name} but not part of "
+                           "the output maeconv declares; nothing written")
     aside = staging / ".replaced"
     moved: list[tuple[Path, Path]] = []  # (from, to), undone in reverse on failure
     try:

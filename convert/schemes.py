@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .tensors import TensorRef
+from .tensors import TensorRef, as_ref
 
 PLACEHOLDERS = {
     "n": r"\d+",
@@ -185,15 +185,11 @@ def _raise_unmapped(names: list[str], what: str) -> None:
         raise MappingError(f"{len(names)} {what}: {shown}")
 
 
-def _ref(value) -> TensorRef:
-    return value if isinstance(value, TensorRef) else TensorRef.of(value)
-
-
 def apply_to_canonical(plan: Sequence[Step], foreign: Mapping[str, TensorRef | np.ndarray]) -> dict[str, TensorRef]:
     """Canonical tensors, lazily: nothing is read until a tensor's `load()`."""
     out = {}
     for step in plan:
-        parts = [_ref(foreign[n]) for n in step.foreign]
+        parts = [as_ref(foreign[n]) for n in step.foreign]
         if step.transform is RENAME:
             out[step.canonical] = parts[0]
             continue
@@ -206,7 +202,7 @@ def apply_to_canonical(plan: Sequence[Step], foreign: Mapping[str, TensorRef | n
 def apply_from_canonical(plan: Sequence[Step], canonical: Mapping[str, TensorRef | np.ndarray]) -> dict[str, TensorRef]:
     out = {}
     for step in plan:
-        source = _ref(canonical[step.canonical])
+        source = as_ref(canonical[step.canonical])
         count = len(step.foreign)
         if step.transform is RENAME:
             out[step.foreign[0]] = source

@@ -67,6 +67,10 @@ class TensorRef:
         return TensorRef(dtype, self.shape, lambda: self.read().astype(dtype))
 
 
+def as_ref(value: "TensorRef | np.ndarray") -> TensorRef:
+    return value if isinstance(value, TensorRef) else TensorRef.of(value)
+
+
 def read_file_array(path, dtype: np.dtype, shape: tuple, offset: int) -> np.ndarray:
     """Reads one tensor's bytes with plain file reads: memory stays near the tensor's size."""
     array = np.empty(shape, dtype)

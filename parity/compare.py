@@ -67,7 +67,7 @@ def compare(pair: str, actual: Mapping[str, np.ndarray], expected: Mapping[str, 
         max_abs, max_rel = errors(actual[output], expected[output])
         if tol.kind in AGREEMENT:
             measured = agreement(tol.kind, actual[output], expected[output])
-            rows.append(Row(pair, output, max_abs, max_rel, f"{tol} ({measured:.5f})", measured >= tol.value))
+            rows.append(Row(pair, output, max_abs, max_rel, f"{tol} ({measured:.7g})", measured >= tol.value))
             continue
         measured = {ABS: max_abs, REL: max_rel, EXACT: max_abs}[tol.kind]
         rows.append(Row(pair, output, max_abs, max_rel, str(tol), measured <= tol.value))

@@ -5,7 +5,8 @@ inside, so an exported MindIR computes the same mask for the same noise on every
 """
 from __future__ import annotations
 
-from mindspore import Tensor, nn
+from mindspore import Tensor, nn, ops
+from mindspore.common import dtype as mstype
 
 
 class PretrainGraph(nn.Cell):
@@ -44,3 +45,22 @@ class ClassifyGraph(nn.Cell):
 
 
 GRAPHS = {"pretrain": PretrainGraph, "features": FeaturesGraph, "classify": ClassifyGraph}
+
+
+class HalfGraph(nn.Cell):
+    """Mirrors runtimes/onnx/graphs.py's HalfGraph: weights and arithmetic in `dtype`, the images
+    cast in, every output cast out to float32, the noise left in float32."""
+
+    def __init__(self, graph: nn.Cell, dtype):
+        super().__init__()
+        for param in graph.get_parameters():
+            param.set_dtype(dtype)  # set_data would cast the new data back to the old dtype
+        self.task_graph = graph
+        self.dtype = dtype
+
+    def construct(self, images: Tensor, noise: Tensor = None):
+        images = ops.cast(images, self.dtype)
+        outputs = self.task_graph(images) if noise is None else self.task_graph(images, noise)
+        if isinstance(outputs, tuple):
+            return tuple([ops.cast(output, mstype.float32) for output in outputs])
+        return ops.cast(outputs, mstype.float32)

@@ -45,3 +45,21 @@ class ClassifyGraph(nn.Module):
 
 
 GRAPHS = {"pretrain": PretrainGraph, "features": FeaturesGraph, "classify": ClassifyGraph}
+
+
+class HalfGraph(nn.Module):
+    """A task graph in half precision (weights and arithmetic) with the float32 graph's inputs and
+    outputs: the images are cast in and every output cast out. The noise is not cast, so the
+    mask is exactly the float32 graph's (float16 would tie nearby noise values)."""
+
+    def __init__(self, graph: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.task_graph = graph.to(dtype)  # not `graph`: a torch.fx module keeps its own graph there
+        self.dtype = dtype
+
+    def forward(self, images: torch.Tensor, noise: torch.Tensor | None = None):
+        images = images.to(self.dtype)
+        outputs = self.task_graph(images) if noise is None else self.task_graph(images, noise)
+        if isinstance(outputs, tuple):
+            return tuple(output.float() for output in outputs)
+        return outputs.float()

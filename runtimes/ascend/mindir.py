@@ -1,20 +1,32 @@
 """The MindSpore twin to MindIR (`mindspore.export`), and MindIR files run as `nn.GraphCell`."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Mapping
 
-from ...errors import MaeconvError
-from ..runners import MindSporeRunner
+from ...errors import MaeconvError, first_line
+from ...convert.outputs import remove_written
+from ..runners import MindSporeRunner, mindir_prefix
 from ..tasks import Task, input_shapes, read_metadata
 
 
 def export_mindir(cell, task: Task, config, path: str | os.PathLike, metadata: Mapping[str, str]) -> None:
     """Writes `cell` (a cell of models/mindspore/graphs.py) to `path`, which must end in .mindir
-    (MindSpore appends the suffix otherwise). The batch axis is dynamic (-1 in the file)."""
+    (MindSpore appends the suffix otherwise). The batch axis is dynamic (-1 in the file).
+
+    MindSpore saves a model whose weights total over 1 GiB apart (mindspore/train/serialization.py:
+    `_save_together` against TOTAL_SAVE, then `_split_save`): `h_graph.mindir` and
+    `h_variables/data_0`, the graph naming each tensor's file relative to its own folder; that
+    save streams, one parameter at a time, while the one-file save holds the weights three times
+    over. So it is made to split always; the graph is renamed to `h.mindir` (the user's name is
+    the file to load, whatever the size) and weights up to SPLIT_BYTES are put back into it."""
     import mindspore as ms
 
+    from .. import runners
+
+    path = Path(path)
     if not str(path).endswith(".mindir"):
         raise ValueError(f"{path}: a MindIR path must end in .mindir")
     placeholders = [ms.Tensor(shape=[None, *shape[1:]], dtype=ms.float32)
@@ -25,9 +37,38 @@ def export_mindir(cell, task: Task, config, path: str | os.PathLike, metadata: M
             model_proto.user_info[key] = value
 
     try:
-        ms.export(cell, *placeholders, file_name=str(path), file_format="MINDIR", custom_func=record_metadata)
+        with _always_split():
+            ms.export(cell, *placeholders, file_name=str(path), file_format="MINDIR", custom_func=record_metadata)
     except Exception as error:
-        raise MaeconvError(f"{path}: MindIR export failed ({str(error).strip().splitlines()[0]})") from None
+        raise MaeconvError(f"{path}: MindIR export failed ({first_line(error)})") from None
+    path.with_name(f"{mindir_prefix(path)}_graph.mindir").rename(path)
+    if sum(param.nbytes for param in cell.get_parameters()) <= runners.SPLIT_BYTES:
+        _inline_variables(path)
+
+
+@contextlib.contextmanager
+def _always_split():
+    from mindspore.train import serialization
+
+    limit = serialization.TOTAL_SAVE
+    serialization.TOTAL_SAVE = -1  # `_save_together` compares the running total (KB) with it
+    try:
+        yield
+    finally:
+        serialization.TOTAL_SAVE = limit
+
+
+def _inline_variables(path: Path) -> None:
+    import mindspore as ms
+
+    from ..inline import inline
+
+    def locate(tensor):
+        where = tensor.external_data
+        return (where.location, where.offset, where.length) if where.location else None
+
+    for data in inline(path, ms.load_mindir(str(path)), "parameter", locate, lambda t: t.ClearField("external_data")):
+        remove_written(path.parent / Path(data).parent)
 
 
 class MindIRRunner(MindSporeRunner):
@@ -37,11 +78,28 @@ class MindIRRunner(MindSporeRunner):
 
         path = Path(path)
         try:
-            info = read_metadata(dict(ms.load_mindir(str(path)).user_info), str(path))
+            meta = mindir_metadata(path)
+            info = read_metadata(meta, str(path))
             cell = ms.nn.GraphCell(ms.load(str(path)))
         except MaeconvError:
             raise
         except Exception as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            first = first_line(error)
             raise MaeconvError(f"{path}: not a readable MindIR file ({first})") from None
-        return cls(info, cell, "MindIR GraphCell")
+        precision = meta.get("maeconv.precision", "fp32")
+        return cls(info, cell, "MindIR GraphCell" + ("" if precision == "fp32" else f" {precision}"))
+
+
+def mindir_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The `user_info` a MindIR file records (maeconv's `maeconv.*` keys)."""
+    import mindspore as ms
+
+    return dict(ms.load_mindir(str(path)).user_info)
+
+
+def mindir_variables(path: str | os.PathLike) -> list[str]:
+    """The files, relative to the graph's folder, that hold a split MindIR's weights."""
+    import mindspore as ms
+
+    graph = ms.load_mindir(str(path)).graph
+    return sorted({param.external_data.location for param in graph.parameter if param.external_data.location})
