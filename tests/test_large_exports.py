@@ -202,7 +202,8 @@ def test_an_error_in_the_child_comes_back_as_one_line_naming_the_output(tmp_path
     from maeconv.runtimes.export import SourceJob, write_from_twin
     from maeconv.runtimes.isolate import run_in_child
 
-    job = SourceJob(str(tmp_path / "gone.pth"), "onnx", "classify", {}, {}, None, False, "fp32", (1,), 0)
+    job = SourceJob(str(tmp_path / "gone.pth"), "onnx", "classify", settings={}, info={}, dtype="fp32", batches=(1,),
+                    seed=0, options={})
     with pytest.raises(MaeconvError, match="gone.pth: no such file"):
         run_in_child(write_from_twin, (job, tmp_path / "x.onnx"), lambda _: None, tmp_path / "x.onnx")
     assert tree(tmp_path) == []
