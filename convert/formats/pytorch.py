@@ -4,12 +4,13 @@ and zips written as torch.save lays them out."""
 from __future__ import annotations
 
 import argparse
+import json
 import warnings
 from pathlib import Path
 from typing import Mapping
 
 from ...errors import MaeconvError, first_line
-from ..settings import args_record
+from ..settings import RECORD_KEY, args_record, settings_record
 from ..tensors import TensorRef, Verdict
 from . import torchlegacy, torchpickle, torchzip
 from .base import Checkpoint
@@ -17,6 +18,7 @@ from .base import Checkpoint
 NAME = "torch"
 # Keys under which training scripts nest the model's state dict.
 STATE_KEYS = ("model", "state_dict", "module", "model_state_dict")
+DEFAULT_KEYS = ("model", "args")  # where maeconv writes the state dict and the settings
 
 
 def starts(head: bytes, size: int = 0) -> bool:
@@ -38,14 +40,18 @@ def read(path: Path) -> Checkpoint:
 
 
 def write(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping, **read_back) -> dict[str, Verdict]:
-    torchzip.write(path, tensors, extras.get("args"))
+    """{state_key: state dict, settings_key: settings}, the keys the target scheme's files use
+    (extras['torch_keys']: ('model', 'args') by default, OpenMMLab's ('state_dict', 'meta'))."""
+    state_key, settings_key = extras.get("torch_keys", DEFAULT_KEYS)
+    torchzip.write(path, tensors, extras.get(settings_key), state_key, settings_key)
     return {}  # nothing streamed is judged: the whole file is compared afterwards
 
 
 def extras_for(config, kind: str, tag: str) -> dict:
-    """The settings as a plain 'args' dict beside 'model', under the reference's argparse names (its
-    argparse.Namespace itself would need weights_only=False to load)."""
-    return {"args": args_record(config)}
+    """The settings as a plain 'args' dict under the reference's argparse names (its
+    argparse.Namespace itself would need weights_only=False to load), and as a 'meta' dict holding
+    one maeconv.settings string, for files that keep a meta dict instead (OpenMMLab's)."""
+    return {"args": args_record(config), "meta": {RECORD_KEY: json.dumps(settings_record(config))}}
 
 
 def _torch_load(path: Path):
