@@ -106,11 +106,16 @@ def load_canonical(source: str | os.PathLike, scheme: str | None = None, allow_u
 
 def _best_failure(failures: list[tuple[Scheme, str]], names: list[str]) -> tuple[Scheme, str]:
     """The failure that explains best what is wrong: that of the scheme whose own rules recognise
-    most of the names (a scheme that passes names through recognises none by that alone), then of
-    one that mapped every name and got as far as the presets; the earlier candidate among equals."""
+    most of the names as its own spelling of another canonical name (passing names through, or
+    spelling them as the canonical scheme does, tells nothing), then of one that mapped every name
+    and got as far as the presets; the earlier candidate among equals."""
+    def own(scheme: Scheme, name: str) -> bool:
+        found = scheme.match_foreign(name)
+        return found is not None and found[1] != name
+
     def score(failure: tuple[Scheme, str]) -> tuple[int, bool]:
         scheme, message = failure
-        return sum(scheme.match_foreign(n) is not None for n in names), "match no preset" in message
+        return sum(own(scheme, n) for n in names), "match no preset" in message
     return max(failures, key=score)
 
 
@@ -224,7 +229,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, fmt: str | No
 
 
 def _notes(loaded: Loaded, options: Options, changed, carried: dict) -> list[str]:
-    notes = []
+    notes = list(loaded.checkpoint.notes)
     if loaded.skipped and not options.keep_optimizer:
         notes.append(f"skipped {len(loaded.skipped)} optimizer/training-state entries (not part of the model)")
     if loaded.unmapped:

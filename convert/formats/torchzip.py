@@ -100,10 +100,12 @@ def _read_archive(path: Path, infos: list[zipfile.ZipInfo]):
 
     try:
         return unpickle(io.BytesIO(pickled), storages())
-    except Unsupported:
-        # torch.load will be trusted with the file: first every part of the pickle this reader does
-        # interpret must hold (torch's own unpickler crashes on some that do not).
-        unpickle(io.BytesIO(pickled), storages(), lenient=True)
+    except Unsupported as error:
+        # Every part of the pickle this reader does interpret must hold before torch.load is trusted
+        # with the file (torch's own unpickler crashes on some that do not). The lenient read goes
+        # with the error, as `survey` (object, stand-ins): the caller may use it instead.
+        stand_ins: list[str] = []
+        error.survey = unpickle(io.BytesIO(pickled), storages(), lenient=True, stand_ins=stand_ins), stand_ins
         raise
 
 
