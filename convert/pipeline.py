@@ -214,7 +214,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, fmt: str | No
     carried = writers.carry_optimizer(loaded, target, output_format, changed.refs) if options.keep_optimizer else {}
     tensors.update(carried)
     detected = changed.detected
-    done = Conversion(Path(src), dst, output_format.name, target.name, detected.preset, detected.kind, len(tensors),
+    shown = options.scheme if options.scheme in target.aliases else target.name  # --to mindcv: as asked
+    done = Conversion(Path(src), dst, output_format.name, shown, detected.preset, detected.kind, len(tensors),
                       len(loaded.skipped), _notes(loaded, options, changed, carried),
                       mapping=mapping_table(loaded, plan, changed.refs))
     if options.dry_run:
@@ -263,6 +264,7 @@ def describe(source: str | os.PathLike, scheme: str | None = None) -> dict:
         "file": str(loaded.checkpoint.path),
         "format": loaded.checkpoint.format,
         "scheme": loaded.scheme.name,
+        "same_names_as": list(loaded.scheme.aliases),  # other libraries whose files use these names
         "kind": loaded.detected.kind,
         "preset": loaded.detected.preset,
         "img_size": loaded.detected.config.img_size,
