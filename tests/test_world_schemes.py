@@ -154,6 +154,25 @@ def test_openmmlab_inspect_and_dry_run(tmp_path):
     assert "neck.decoder_blocks.0.ffn.layers.1.weight" in table and "decoder_blocks.0.mlp.fc2.weight" in table
 
 
+@pytest.mark.parametrize("change, expected", [
+    (lambda d: d.update({"vit.norm.gamma": d.pop("backbone.ln1.weight")}), "as mmpretrain: 1 names that are not"),
+    (lambda d: d.update({"backbone.layers.0.ffn.layers.0.weight": d.pop("backbone.layers.0.ffn.layers.0.0.weight")}),
+     "backbone.layers.0.ffn.layers.0.weight"),
+    (lambda d: d.update({"backbone.ln2.weight": d["backbone.ln1.weight"]}), "1 unexpected (e.g. fc_norm.weight)"),
+    (lambda d: d.pop("neck.ln1.bias"), "1 missing (e.g. decoder_norm.bias)"),
+])
+def test_bad_openmmlab_files_are_refused_in_one_line(tmp_path, change, expected):
+    """A stray name of another scheme, a name that only contains a rule's name, an extra or a
+    missing tensor: one error line naming it, nothing written."""
+    named = foreign_state("mmpretrain", kind_state(TINY, FULL))
+    change(named)
+    path = tmp_path / "bad.pth"
+    torch.save({"meta": {}, "state_dict": as_torch(named)}, path)
+    result = run_cli("convert", path, tmp_path / "out.pth")
+    assert result.exit_code == 1 and expected in result.stderr, result.stderr
+    assert result.stderr.count("Error:") == 1 and not (tmp_path / "out.pth").exists()
+
+
 # --- MindCV -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("preset, kind", KINDS)
