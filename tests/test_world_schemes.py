@@ -15,7 +15,7 @@ import torch
 from maeconv.convert.formats import read_checkpoint
 from maeconv.convert.pipeline import load_canonical
 from maeconv.convert.schemes import MINDFORMERS, OPENMMLAB, apply_from_canonical, get_scheme
-from maeconv.models import CLASSIFIER, ENCODER, FULL
+from maeconv.models import CLASSIFIER, ENCODER, FULL, get_config
 
 from helpers import TINY, TINY_CLS, kind_state, run_cli, save_official
 
@@ -31,9 +31,14 @@ def as_torch(state) -> collections.OrderedDict:
     return collections.OrderedDict((k, torch.from_numpy(np.array(v))) for k, v in state.items())
 
 
-def fake_mmengine():
-    """A class pickled as mmengine's HistoryBuffer (mmengine itself is not installed): what
-    mmengine's runner keeps in a checkpoint's message hub. maeconv never imports it."""
+def history_buffer_class():
+    """mmengine's HistoryBuffer, what its runner keeps in a checkpoint's message hub: the real one
+    where mmengine is installed, else a class pickled under its name. maeconv never imports it."""
+    try:
+        from mmengine.logging.history_buffer import HistoryBuffer
+        return HistoryBuffer
+    except ImportError:
+        pass
     module = types.ModuleType("mmengine.logging.history_buffer")
 
     class HistoryBuffer:
@@ -50,8 +55,9 @@ def fake_mmengine():
 
 
 def save_mmengine(path, state, legacy=False, meta_objects=True):
-    """The layout mmengine's runner saves: meta, state_dict, message_hub, optimizer, param_schedulers."""
-    history = fake_mmengine()
+    """The layout mmengine's runner saves: meta, state_dict, message_hub, optimizer, param_schedulers
+    (a real or stand-in HistoryBuffer in the hub and in meta)."""
+    history = history_buffer_class()
     meta = {"epoch": 400, "iter": 100000, "cfg": "model = dict(type='MAE', ...)", "mmengine_version": "0.10.4",
             "seed": 0, "experiment_name": "mae_vit-base-p16"}
     if meta_objects:
@@ -289,7 +295,6 @@ def test_timm_loads_the_encoder_output_with_its_own_loader(tmp_path):
     """timm's own create_model(pretrained=True) from the file, strictly, and the same features."""
     timm = pytest.importorskip("timm")
     from maeconv.convert.twins import TORCH, create_model, load_state
-    from maeconv.models import get_config
 
     full = kind_state(TINY, FULL)
     out = tmp_path / "enc.pth"
@@ -306,3 +311,81 @@ def test_timm_loads_the_encoder_output_with_its_own_loader(tmp_path):
         theirs, ours = model.forward_features(images), twin.forward_tokens(images)
     assert theirs.shape == (2, 1 + config.num_patches, config.embed_dim)
     torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
+
+
+# --- against mmpretrain itself, where it is importable ------------------------------------------
+
+def mmpretrain_models(config):
+    """mmpretrain's MAE (configs/_base_/models/mae_vit-base-p16.py) and fine-tuned classifier
+    (configs/mae/benchmarks/vit-base-p16_8xb128-coslr-100e_in1k.py), at the tiny preset's size."""
+    pytest.importorskip("mmpretrain")
+    import mmpretrain.models  # noqa: F401  (registers the models)
+    from mmpretrain.registry import MODELS
+    arch = dict(embed_dims=config.embed_dim, num_layers=config.depth, num_heads=config.num_heads,
+                feedforward_channels=int(config.embed_dim * config.mlp_ratio))
+    mae = MODELS.build(dict(
+        type="MAE", backbone=dict(type="MAEViT", arch=arch, img_size=config.img_size, patch_size=config.patch_size,
+                                  mask_ratio=0.75),
+        neck=dict(type="MAEPretrainDecoder", num_patches=config.num_patches, patch_size=config.patch_size,
+                  embed_dim=config.embed_dim, decoder_embed_dim=config.decoder_embed_dim,
+                  decoder_depth=config.decoder_depth, decoder_num_heads=config.decoder_num_heads, mlp_ratio=4.0),
+        head=dict(type="MAEPretrainHead", norm_pix=True, patch_size=config.patch_size,
+                  loss=dict(type="PixelReconstructionLoss", criterion="L2"))))
+    classifier = MODELS.build(dict(
+        type="ImageClassifier",
+        backbone=dict(type="VisionTransformer", arch=arch, img_size=config.img_size, patch_size=config.patch_size,
+                      out_type="avg_featmap", final_norm=False),
+        head=dict(type="LinearClsHead", num_classes=config.num_classes, in_channels=config.embed_dim)))
+    return mae, classifier
+
+
+def test_mmpretrain_loads_the_output_strictly_and_computes_the_same(tmp_path):
+    pytest.importorskip("mmpretrain")
+    from mmengine.runner.checkpoint import load_checkpoint
+
+    from maeconv.convert.twins import TORCH, create_model, load_state
+
+    config = get_config(TINY)
+    mae, classifier = mmpretrain_models(config)
+    images = torch.randn(2, 3, config.img_size, config.img_size, generator=torch.Generator().manual_seed(0))
+    for model, preset, kind in ((mae, TINY, FULL), (classifier, TINY_CLS, CLASSIFIER)):
+        state = kind_state(preset, kind)
+        out = tmp_path / f"{kind}.pth"
+        assert run_cli("convert", save_official(tmp_path / f"{kind}_fb.pth", state), out, "--to", "mmpretrain").exit_code == 0
+        load_checkpoint(model, str(out), strict=True)  # mmengine's own loader, every name
+        twin = create_model(get_config(preset), "pretrain" if kind == FULL else "classify", TORCH)
+        load_state(twin, state, TORCH, "state")
+        model.eval()
+        with torch.no_grad():
+            if kind == FULL:  # the encoder on every patch: cls-token features, masking aside
+                theirs = model.backbone.ln1(_mm_tokens(model.backbone, images))
+                torch.testing.assert_close(theirs, twin.forward_tokens(images), rtol=1e-5, atol=1e-5)
+            else:
+                torch.testing.assert_close(model(images), twin(images), rtol=1e-5, atol=1e-5)
+
+
+def _mm_tokens(backbone, images):
+    """mmpretrain's VisionTransformer up to its final norm, every patch kept."""
+    x, _ = backbone.patch_embed(images)
+    x = torch.cat([backbone.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + backbone.pos_embed
+    for layer in backbone.layers:
+        x = layer(x)
+    return x
+
+
+def test_mmengine_saves_read_as_mmpretrain(tmp_path):
+    """A checkpoint as mmengine's save_checkpoint writes it, with a real MessageHub beside the weights."""
+    pytest.importorskip("mmpretrain")
+    from mmengine.logging import MessageHub
+    from mmengine.runner.checkpoint import save_checkpoint
+
+    config = get_config(TINY)
+    mae, _ = mmpretrain_models(config)
+    hub = MessageHub.get_instance("maeconv-test")
+    hub.update_scalar("train/loss", 0.5)
+    path = tmp_path / "epoch_1.pth"
+    save_checkpoint({"meta": {"epoch": 1}, "state_dict": mae.state_dict(), "message_hub": hub.state_dict()}, str(path))
+    loaded = load_canonical(path)
+    assert (loaded.scheme.name, loaded.detected.kind) == ("mmpretrain", FULL)
+    expected = {step.canonical: mae.state_dict()[step.foreign[0]].numpy() for step in loaded.plan}
+    assert_same(expected, loaded.state)
