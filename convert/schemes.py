@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ..models.config import FULL
 from .tensors import TensorRef, as_ref
 
 PLACEHOLDERS = {
@@ -416,7 +417,7 @@ SCHEMES: dict[str, Scheme] = {scheme.name: scheme for scheme in (FACEBOOK, HF, M
 SCHEME_ALIASES = {alias: scheme.name for scheme in SCHEMES.values() for alias in scheme.aliases}
 # What a scheme's library refuses to load, by the name a user gives it: (scheme or alias, kind) -> why.
 REFUSED_KINDS = {
-    ("timm", "full"): "timm refuses full MAE checkpoints (its ViT loader takes a top-level mask_token for "
+    ("timm", FULL): "timm refuses full MAE checkpoints (its ViT loader takes a top-level mask_token for "
                       "DINOv2's and drops it, and has no decoder); write the encoder with --kind encoder "
                       "(what timm's vit_*_patch*.mae models hold), or --to facebook for the full file",
 }
