@@ -389,3 +389,18 @@ def test_mmengine_saves_read_as_mmpretrain(tmp_path):
     assert (loaded.scheme.name, loaded.detected.kind) == ("mmpretrain", FULL)
     expected = {step.canonical: mae.state_dict()[step.foreign[0]].numpy() for step in loaded.plan}
     assert_same(expected, loaded.state)
+
+
+def test_readme_lists_every_scheme_with_where_it_was_verified():
+    from pathlib import Path
+
+    from maeconv.convert.schemes import SCHEMES
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = readme[readme.index("| scheme (aliases) |"):]
+    rows = [line for line in table.splitlines()[2:] if line.startswith("|")][:len(SCHEMES) + 1]
+    assert len([r for r in rows if r.startswith("| `")]) == len(SCHEMES)
+    for scheme in SCHEMES.values():
+        row = next(r for r in rows if r.startswith(f"| `{scheme.name}`"))
+        assert all(f"`{alias}`" in row.split("|")[1] for alias in scheme.aliases), row
+        assert scheme.verified and len(row.split("|")) == 6 and row.split("|")[4].strip(), row
