@@ -368,8 +368,8 @@ MINDFORMERS = Scheme(
     training_prefixes=MINDSPORE_TRAINING,
     metadata_tag="ms",
     low_precision=MINDFORMERS_LOW_PRECISION,
-    verified="mindformers (r1.3, before the 2025 removal) models/mae/mae.py, mae_modules.py, models/vit/vit.py, "
-             "models/vit/convert_weight.py; loaded by MindFormers' own models (334/334, 200/200 names)",
+    verified="mindformers (the source before its 2025 removal) models/mae/mae.py, mae_modules.py, models/vit/vit.py, "
+             "vit_modules.py, convert_weight.py; loaded by MindFormers' own models (334/334, 200/200 names)",
 )
 
 # OpenMMLab (mmpretrain 1.x; mmselfsup): MAE's backbone MAEViT / VisionTransformer, its neck
