@@ -19,8 +19,8 @@ from .detect import Detected, detect
 from ..errors import MaeconvError
 from .formats import FORMATS, Checkpoint, Format, format_of_output, read_checkpoint
 from .outputs import Target, check_target
-from .schemes import (HF, REFUSED_KINDS, SCHEMES, MappingError, Scheme, Step, apply_from_canonical, apply_to_canonical, get_scheme,
-                      is_training_state, scheme_of_format)
+from .schemes import (HF, REFUSED_KINDS, SCHEMES, MappingError, Scheme, Step, apply_from_canonical,
+                      apply_to_canonical, get_scheme, is_training_state, scheme_of_format)
 from .settings import BY_NAME, Resolved, recorded_settings, resolve_settings, settings_record
 from .tensors import TensorRef
 

@@ -351,7 +351,8 @@ def test_mmpretrain_loads_the_output_strictly_and_computes_the_same(tmp_path):
     for model, preset, kind in ((mae, TINY, FULL), (classifier, TINY_CLS, CLASSIFIER)):
         state = kind_state(preset, kind)
         out = tmp_path / f"{kind}.pth"
-        assert run_cli("convert", save_official(tmp_path / f"{kind}_fb.pth", state), out, "--to", "mmpretrain").exit_code == 0
+        source = save_official(tmp_path / f"{kind}_fb.pth", state)
+        assert run_cli("convert", source, out, "--to", "mmpretrain").exit_code == 0
         load_checkpoint(model, str(out), strict=True)  # mmengine's own loader, every name
         twin = create_model(get_config(preset), "pretrain" if kind == FULL else "classify", TORCH)
         load_state(twin, state, TORCH, "state")
