@@ -192,29 +192,26 @@ SCALE = 3  # the comparison picture shows each 64-pixel panel 3x, pixel for pixe
 
 
 def comparison_picture(results: dict[str, list], losses: dict[str, float]) -> np.ndarray:
-    """One row per held-out crop: original | masked | each model's reconstruction (untrained
-    first) | the trained torch model's reconstruction with the visible patches pasted; a header
-    names each column and its mean masked-patch loss."""
+    """One row per held-out crop: original | masked | each model's reconstruction with the
+    visible patches pasted back (the untrained model first), as the MAE paper shows them; a
+    header names each column and its mean masked-patch loss."""
     from PIL import Image, ImageDraw, ImageFont
 
     first = next(iter(results.values()))
+    side = np.asarray(first[0].pasted).shape[0]
     rows = []
     for i in range(len(first)):
-        panels = [np.asarray(first[i].picture)]  # original | masked | ... of the first model
-        side = panels[0].shape[0]
-        cells = [panels[0][:, :side], panels[0][:, side:2 * side]]
-        cells += [np.asarray(results[name][i].reconstruction) for name in results]
-        cells.append(np.asarray(results["torch"][i].pasted))
+        panels = np.asarray(first[i].picture)  # original | masked | reconstruction | pasted
+        cells = [panels[:, :side], panels[:, side:2 * side]] + [np.asarray(results[name][i].pasted)
+                                                               for name in results]
         rows.append(np.concatenate(cells, axis=1))
     grid = np.concatenate(rows, axis=0).repeat(SCALE, 0).repeat(SCALE, 1)
-    cell = side * SCALE
     labels = ["original", "masked (75%)"] + [f"{name}\nloss {losses[name]:.3f}" for name in results]
-    labels.append("torch + visible")
     header = Image.new("RGB", (grid.shape[1], 44), "white")
     draw = ImageDraw.Draw(header)
     font = ImageFont.load_default(size=16)
     for k, label in enumerate(labels):
-        draw.multiline_text((k * cell + 6, 3), label, fill="black", font=font, spacing=2)
+        draw.multiline_text((k * side * SCALE + 6, 3), label, fill="black", font=font, spacing=2)
     return np.concatenate([np.asarray(header), grid], axis=0)
 
 
