@@ -231,10 +231,13 @@ _short_form("ms2torch", TORCH, "Convert a MindSpore .ckpt to a PyTorch checkpoin
 @click.option("--kind", type=click.Choice(["classifier"]), help="Make a fine-tuning initialisation.")
 @click.option("--fc-norm-from-norm", is_flag=True, help="With --kind classifier: fc_norm copies the final norm.")
 @click.option("--keep-optimizer", is_flag=True, help="Carry optimizer state where the target can hold it.")
+@click.option("--max-shard-size", metavar="SIZE",
+              help="A Hugging Face directory's weights over SIZE go into shards of at most SIZE, with "
+                   "model.safetensors.index.json (5GB, 500MB, 2GiB, or bytes; default 5GB, as save_pretrained).")
 @with_settings
 @with_options(common_options)
 def convert_command(src, dst, scheme, dtype, img_size, kind, fc_norm_from_norm, settings, keep_optimizer,
-                    source_scheme, allow_unmapped, dry_run, force, as_json):
+                    max_shard_size, source_scheme, allow_unmapped, dry_run, force, as_json):
     """Convert between any formats and naming schemes: the output's suffix picks the format
     (.pth/.bin torch, .safetensors, .ckpt MindSpore, no suffix: a Hugging Face directory). The
     model's settings are carried into the output (config.json, metadata, the torch file's args)."""
@@ -242,7 +245,8 @@ def convert_command(src, dst, scheme, dtype, img_size, kind, fc_norm_from_norm, 
 
     options = Options(scheme=scheme, source_scheme=source_scheme, dtype=dtype, img_size=img_size, kind=kind,
                       fc_norm_from_norm=fc_norm_from_norm, settings=settings,
-                      allow_unmapped=allow_unmapped, keep_optimizer=keep_optimizer, dry_run=dry_run, force=force)
+                      allow_unmapped=allow_unmapped, keep_optimizer=keep_optimizer, max_shard_size=max_shard_size,
+                      dry_run=dry_run, force=force)
     _run_convert(src, dst, None, options, as_json)
 
 

@@ -18,6 +18,7 @@ from . import hub
 from .detect import Detected, detect
 from ..errors import MaeconvError
 from .formats import FORMATS, Checkpoint, Format, format_of_output, read_checkpoint
+from .formats.sharded import parse_size
 from .outputs import Target, check_target
 from .schemes import (HF, SCHEMES, MappingError, Scheme, Step, apply_from_canonical, apply_to_canonical, get_scheme,
                       is_training_state, scheme_of_format)
@@ -166,6 +167,7 @@ class Options:
     settings: dict = field(default_factory=dict)  # MAEConfig field -> value; None or absent: the source's
     allow_unmapped: bool = False
     keep_optimizer: bool = False
+    max_shard_size: str | int | None = None  # a Hugging Face directory's shard limit (default 5GB)
     dry_run: bool = False
     force: bool = False
 
@@ -180,6 +182,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, fmt: str | No
 
     output_format = FORMATS[fmt] if fmt else format_of_output(Path(dst), options.scheme)
     dst = Path(dst) if dst is not None else default_output(src, output_format)
+    shard_limit = _shard_limit(options.max_shard_size, output_format, dst)
     if not options.dry_run:  # before the (possibly long) read
         check_target(Target(dst, output_format.folder_members), options.force, inputs=[src])
     loaded = load_canonical(src, options.source_scheme, options.allow_unmapped, log)
@@ -203,12 +206,22 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, fmt: str | No
     if options.dry_run:
         return done
     update = progress(2 * sum(ref.nbytes for ref in tensors.values())) if progress else None
-    output = writers.Output(dst, output_format, target, settings.config, detected.kind)
+    output = writers.Output(dst, output_format, target, settings.config, detected.kind, shard_limit)
     nonfinite = writers.write(output, tensors, options.force, [loaded.checkpoint.path], update)
     if nonfinite:
         done.warnings.append(f"{len(nonfinite)} tensors hold NaN or Inf values (written as they are): "
                              f"{', '.join(nonfinite[:5])}")
     return done
+
+
+def _shard_limit(given: str | int | None, output_format: Format, dst: Path) -> int | None:
+    """--max-shard-size in bytes, checked before any work; only a Hugging Face directory is sharded."""
+    if given is None:
+        return None
+    if output_format.folder_members is None:
+        raise MaeconvError(f"{dst}: --max-shard-size shards a Hugging Face directory (an output without a "
+                           f"suffix), not a {output_format.label}")
+    return parse_size(given)
 
 
 def _notes(loaded: Loaded, options: Options, changed, carried: dict) -> list[str]:
