@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import hub
+from . import hfhub, hub
 from .detect import Detected, detect
 from ..errors import MaeconvError
 from .formats import FORMATS, Checkpoint, Format, format_of_output, read_checkpoint
@@ -56,12 +56,19 @@ class Loaded:
 
 
 def resolve(source: str | os.PathLike, log: Callable[[str], None] | None = None) -> Path:
-    """A path as given, or the cached file of an official checkpoint name (downloaded if needed)."""
+    """A path as given, the cached file of an official checkpoint name, or the local copy of a
+    Hugging Face Hub repo (`org/name[@revision]`, `hf://...`), downloaded if needed; the order in
+    which a name is tried is hfhub's."""
+    if isinstance(source, str) and source.startswith(hfhub.PREFIX):
+        return hfhub.fetch(hfhub.parse(source, explicit=True), log)
     path = Path(source)
     if path.exists():
         return path
     if str(source) in hub.CHECKPOINTS:
         return fetch_official(str(source), log=log)
+    repo = hfhub.repo_of(source)
+    if repo is not None:
+        return hfhub.fetch(repo, log)
     suggestion = hub.did_you_mean(str(source))
     if suggestion:
         raise MaeconvError(f"{source}: no such file or official checkpoint name{suggestion}")
