@@ -257,7 +257,8 @@ def convert_command(src, dst, scheme, dtype, img_size, kind, fc_norm_from_norm, 
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def download(name, list_names, force, as_json):
     """Fetch an official checkpoint into the cache: resumable; kept only when complete, matching its
-    md5 prefix (where published) and parsing as its preset and kind. MAECONV_DOWNLOAD_STALL_S,
+    md5 prefix (where published) and parsing as its preset and kind. A Hugging Face Hub repo id
+    (org/name[@revision]) is fetched into huggingface_hub's cache instead. MAECONV_DOWNLOAD_STALL_S,
     MAECONV_DOWNLOAD_DEADLINE_S and MAECONV_DOWNLOAD_MAX_BYTES bound the wait and the size."""
     from .hub import CHECKPOINTS, cache_dir, url_of
     from .pipeline import fetch_official
@@ -281,6 +282,14 @@ def download(name, list_names, force, as_json):
         if bar is not None:
             bar.update(advance)
 
+    from . import hfhub
+
+    if name not in CHECKPOINTS and (name.startswith(hfhub.PREFIX) or hfhub.repo_of(name)):
+        repo = hfhub.parse(name, explicit=True)
+        path = hfhub.fetch(repo, log=say)
+        click.echo(json.dumps({"name": str(repo), "path": str(path)}) if as_json
+                   else f"{repo}: {path} (Hugging Face cache {hfhub.cache_dir()})")
+        return
     path = fetch_official(name, log=say, progress=progress, force=force)
     if bar is not None:
         bar.render_finish()

@@ -157,3 +157,10 @@ def test_sharded_repo_from_the_cache(hub_cache, tiny_state, tmp_path):
     back = _state(tmp_path / "back.pth")
     assert all(np.array_equal(back[k], tiny_state[k]) for k in tiny_state)
     shutil.rmtree(tmp_path / "sharded")
+
+
+def test_download_a_cached_repo(hub_cache, hf_folder):
+    snapshot = cache_repo(hub_cache, "org/mae", {name: hf_folder / name for name in ("config.json", "model.safetensors")})
+    result = run_cli("download", "org/mae", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"name": "org/mae", "path": str(snapshot)}
