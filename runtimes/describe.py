@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from ..convert.errors import MaeconvError
+from ..errors import MaeconvError
 from .runners import MINDIR, ONNX, runtime_of
 from .tasks import read_metadata
 

@@ -198,7 +198,7 @@ def test_isolated_export_reports_progress_and_validates(classifier, tmp_path, mo
 
 @pytest.mark.slow
 def test_an_error_in_the_child_comes_back_as_one_line_naming_the_output(tmp_path):
-    from maeconv.convert.errors import MaeconvError
+    from maeconv.errors import MaeconvError
     from maeconv.runtimes.export import SourceJob, write_from_twin
     from maeconv.runtimes.isolate import run_in_child
 
