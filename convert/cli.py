@@ -320,6 +320,11 @@ def inspect(file, source_scheme, as_json):
     for key, value in info.items():
         if key == "files":
             value = ", ".join(f"{k} ({v:,} bytes)" for k, v in value.items())
+        elif key in ("inputs", "outputs") and isinstance(value, dict):
+            value = ", ".join(f"{k} {v['dtype']} [{', '.join(map(str, v['shape']))}]" for k, v in value.items())
+        elif key == "settings":
+            value = ", ".join(f"{k} {v['value']} ({v['from']})" if isinstance(v, dict) else f"{k} {v}"
+                              for k, v in value.items())
         elif key == "config":
             value = ", ".join(f"{k} {v}" for k, v in value.items())
         elif isinstance(value, dict):

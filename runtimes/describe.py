@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from ..convert.settings import settings_record
 from ..errors import MaeconvError
 from .runners import MINDIR, ONNX, runtime_of
 from .tasks import read_metadata
@@ -63,6 +64,7 @@ def describe_graph(source: str | os.PathLike) -> dict:
     meta = graph_metadata(path, runtime)
     info = read_metadata(meta, str(path))
     files = [path, *check_weight_files(path, runtime)]
+    declared = graph_signature(path, runtime, info.task.outputs)
     described = {
         "file": str(path),
         "format": runtime,
@@ -70,13 +72,27 @@ def describe_graph(source: str | os.PathLike) -> dict:
         "preset": info.preset,
         "kind": info.kind,
         "precision": meta.get("maeconv.precision", "fp32"),
-        "inputs": list(info.task.inputs),
-        "outputs": list(info.task.outputs),
+        "settings": settings_record(info.config),
+        "opset": declared["opset"],
+        "producer": declared["producer"],
+        "inputs": declared["inputs"],
+        "outputs": declared["outputs"],
         "img_size": info.config.img_size,
         "config": json.loads(meta["maeconv.config"]),
         "files": {str(f): f.stat().st_size for f in files},
         "bytes": sum(f.stat().st_size for f in files),
     }
-    if "maeconv.opset" in meta:
-        described["opset"] = int(meta["maeconv.opset"])
+    if described["opset"] is None:
+        del described["opset"]  # MindIR has none
     return described
+
+
+def graph_signature(path: Path, runtime: str, output_names) -> dict:
+    """The inputs and outputs (dtype, shape), opset and producer the graph itself declares."""
+    from .signature import mindir_signature, onnx_signature
+
+    try:
+        return onnx_signature(path) if runtime == ONNX else mindir_signature(path, output_names)
+    except Exception as error:  # protobuf's DecodeError and friends
+        raise MaeconvError(f"{path}: not a readable {runtime} graph ({str(error).strip() or type(error).__name__})") \
+            from None
