@@ -209,6 +209,12 @@ def apply_from_canonical(plan: Sequence[Step], canonical: Mapping[str, TensorRef
             continue
         shape = step.transform.foreign_shape(source.shape, count)
         for index, name in enumerate(step.foreign):
+            if step.transform is SPLIT and source.span is not None:
+                # a part of a split along the first axis is a byte range of the stored tensor: it is
+                # copied from the file as it is, not read whole once per part
+                part = source.nbytes // count
+                out[name] = TensorRef.in_file(source.span.path, source.dtype, shape, source.span.offset + index * part)
+                continue
             read = lambda t=step.transform, s=source, i=index, c=count: t.to_foreign(s.load(), c)[i]  # noqa: E731
             out[name] = TensorRef(source.dtype, shape, read)
     return out
