@@ -164,3 +164,32 @@ def test_download_a_cached_repo(hub_cache, hf_folder):
     result = run_cli("download", "org/mae", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == {"name": "org/mae", "path": str(snapshot)}
+
+
+@pytest.mark.parametrize("error,expected", [
+    ("RepositoryNotFoundError", "no Hugging Face Hub repo org/absent that can be read (not found or private)"),
+    ("GatedRepoError", "(gated: accept its terms and log in)"),
+    ("RevisionNotFoundError", "has no revision 'v9'"),
+    ("ConnectError", "the Hub could not be reached"),
+])
+def test_online_errors_are_one_line(hub_cache, monkeypatch, error, expected, tmp_path):
+    """What huggingface_hub raises online, simulated (no test reaches the network)."""
+    import types
+
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+
+    def refuse(*args, **kwargs):
+        if error == "ConnectError":
+            raise errors.LocalEntryNotFoundError("cannot find the requested files in the local cache")
+        raise getattr(errors, error)("404", response=types.SimpleNamespace(headers={}, status_code=404, request=None))
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", refuse)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
+    result = run_cli("convert", "org/absent@v9" if error == "RevisionNotFoundError" else "org/absent",
+                     tmp_path / "x.pth")
+    assert result.exit_code == 1 and result.output.startswith("Error: "), result.output
+    assert expected in result.output and result.output.count("\n") == 1, result.output
+    assert not (tmp_path / "x.pth").exists()
