@@ -43,7 +43,8 @@ MEASURE = r"""
 import resource, subprocess, sys, time
 start = time.perf_counter()
 code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode
-print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(time.perf_counter() - start, usage.ru_maxrss, usage.ru_utime + usage.ru_stime, code)
 """
 
 MAECONV = [sys.executable, "-m", "maeconv"]
@@ -73,23 +74,24 @@ LAYOUTS = [Layout(scheme, fmt) for scheme in ("facebook", "mindspore", "mindform
 OFFICIAL = Layout("facebook", "pth")
 
 
-def measure(command: list[str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS bytes) of a command run in a fresh process, after a sync."""
+def measure(command: list[str]) -> tuple[float, int, float]:
+    """(wall seconds, peak RSS bytes, CPU seconds) of a command run in a fresh process, after a sync."""
     os.sync()  # every command starts with no earlier writes still going to the disk
     out = subprocess.run([sys.executable, "-c", MEASURE, *command], capture_output=True, text=True, check=True)
-    seconds, rss_kb, code = out.stdout.split()
+    seconds, rss_kb, cpu, code = out.stdout.split()
     if code != "0":
         raise SystemExit(f"command failed ({code}): {' '.join(command)}")
-    return float(seconds), int(rss_kb) * 1024
+    return float(seconds), int(rss_kb) * 1024, float(cpu)
 
 
-def best(command: list[str], repeat: int, output: Path | None) -> tuple[float, int]:
+def best(command: list[str], repeat: int, output: Path | None) -> tuple[float, int, float]:
+    """The best wall and CPU time of `repeat` runs, and the largest peak RSS."""
     results = []
     for _ in range(repeat):
         if output is not None:
             remove(output)
         results.append(measure(command))
-    return min(r[0] for r in results), max(r[1] for r in results)
+    return min(r[0] for r in results), max(r[1] for r in results), min(r[2] for r in results)
 
 
 def remove(path: Path) -> None:
@@ -123,18 +125,20 @@ def build_checkpoint(path: Path, preset: str) -> None:
     torch.save({"model": state}, path)
 
 
-def row(direction: str, layout: Layout, kind: str, seconds: float, cp: float, rss: int, size: int) -> dict:
+def row(direction: str, layout: Layout, kind: str, run: tuple, cp: tuple, size: int) -> dict:
+    """One conversion against cp of the same bytes: `run` and `cp` are `best`'s (wall, RSS, CPU)."""
     goal = RENAME_GOAL if kind == "rename" else TRANSFORM_GOAL
-    ratio = seconds / cp
-    return {"direction": direction, "layout": layout.label, "transforms": kind, "seconds": seconds, "cp": cp,
-            "x_cp": ratio, "goal": goal, "rss": rss, "rss_file": rss / size,
+    seconds, rss, cpu = run
+    ratio = seconds / cp[0]
+    return {"direction": direction, "layout": layout.label, "transforms": kind, "seconds": seconds, "cp": cp[0],
+            "x_cp": ratio, "cpu": cpu, "cp_cpu": cp[2], "goal": goal, "rss": rss, "rss_file": rss / size,
             "met": ratio <= goal and rss / size < RSS_GOAL}
 
 
 def run_matrix(work: Path, official: Path, layouts: list[Layout], repeat: int, shard: int) -> list[dict]:
     rows = []
     size = size_of(official)
-    cp_official = best(["cp", str(official), str(work / "copy")], repeat, work / "copy")[0]
+    cp_official = best(["cp", str(official), str(work / "copy")], repeat, work / "copy")
     for layout in layouts:  # as source: layout -> the official torch file
         source = official if layout == OFFICIAL else layout.path(work, "source")
         if layout != OFFICIAL:
@@ -142,33 +146,40 @@ def run_matrix(work: Path, official: Path, layouts: list[Layout], repeat: int, s
                            capture_output=True)
         back = work / "back.pth"
         kind = transforms(source, back, ["--to", "facebook"])
-        cp = best(["cp", "-r", str(source), str(work / "copy")], repeat, work / "copy")[0]
-        seconds, rss = best([*MAECONV, "convert", str(source), str(back), "--to", "facebook"], repeat, back)
-        rows.append(row("from", layout, kind, seconds, cp, rss, size_of(source)))
-        print(f"  {layout.label} -> official: {seconds:.2f} s ({seconds / cp:.2f} x cp), {kind}, "
-              f"peak RSS {rss / 2**20:.0f} MiB", flush=True)
+        cp = best(["cp", "-r", str(source), str(work / "copy")], repeat, work / "copy")
+        rows.append(row("from", layout, kind, best([*MAECONV, "convert", str(source), str(back), "--to", "facebook"],
+                                                   repeat, back), cp, size_of(source)))
+        show(rows[-1])
         remove(back)
         if layout != OFFICIAL:
             remove(source)
     for layout in layouts:  # as target: the official torch file -> layout
         target = layout.path(work, "target")
         kind = transforms(official, target, layout.flags(shard))
-        seconds, rss = best([*MAECONV, "convert", str(official), str(target), *layout.flags(shard)], repeat, target)
-        rows.append(row("to", layout, kind, seconds, cp_official, rss, size))
-        print(f"  official -> {layout.label}: {seconds:.2f} s ({seconds / cp_official:.2f} x cp), {kind}, "
-              f"peak RSS {rss / 2**20:.0f} MiB", flush=True)
+        rows.append(row("to", layout, kind, best([*MAECONV, "convert", str(official), str(target),
+                                                  *layout.flags(shard)], repeat, target), cp_official, size))
+        show(rows[-1])
         remove(target)
     return rows
 
 
+def arrow(r: dict) -> str:
+    return f"{r['layout']} -> facebook pth" if r["direction"] == "from" else f"facebook pth -> {r['layout']}"
+
+
+def show(r: dict) -> None:
+    print(f"  {arrow(r)}: {r['seconds']:.2f} s ({r['x_cp']:.2f} x cp), CPU {r['cpu']:.2f} s, {r['transforms']}, "
+          f"peak RSS {r['rss'] / 2**20:.0f} MiB", flush=True)
+
+
 def print_table(rows: list[dict]) -> None:
-    print("| direction | scheme format | transforms | wall s | cp s | x cp | goal | peak RSS MiB | RSS / file | met |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| as | conversion | transforms | wall s | cp s | x cp | goal | CPU s | cp CPU s | peak RSS MiB | "
+          "RSS / file | met |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        arrow = f"{r['layout']} -> facebook pth" if r["direction"] == "from" else f"facebook pth -> {r['layout']}"
-        print(f"| {'source' if r['direction'] == 'from' else 'target'} | {arrow} | {r['transforms']} | "
-              f"{r['seconds']:.2f} | {r['cp']:.2f} | {r['x_cp']:.2f} | <= {r['goal']} | {r['rss'] / 2**20:.0f} | "
-              f"{r['rss_file']:.3f} | {'yes' if r['met'] else 'no'} |")
+        print(f"| {'source' if r['direction'] == 'from' else 'target'} | {arrow(r)} | {r['transforms']} | "
+              f"{r['seconds']:.2f} | {r['cp']:.2f} | {r['x_cp']:.2f} | <= {r['goal']} | {r['cpu']:.2f} | "
+              f"{r['cp_cpu']:.2f} | {r['rss'] / 2**20:.0f} | {r['rss_file']:.3f} | {'yes' if r['met'] else 'no'} |")
 
 
 def main() -> None:
@@ -191,8 +202,8 @@ def main() -> None:
         print(f"\n{args.preset} full checkpoint: {size / 1e9:.2f} GB, best of {args.repeat} runs each\n")
         print_table(rows)
         if args.naive:
-            seconds, rss = best([sys.executable, "-c", NAIVE, str(official), str(work / "naive.ckpt")], args.repeat,
-                                work / "naive.ckpt")
+            seconds, rss, _ = best([sys.executable, "-c", NAIVE, str(official), str(work / "naive.ckpt")],
+                                   args.repeat, work / "naive.ckpt")
             print(f"\nnaive (load all, save_checkpoint): {seconds:.2f} s, peak RSS {rss / 2**20:.0f} MiB")
         print(f"\ngoals: rename-only <= {RENAME_GOAL} x cp, transpose/split <= {TRANSFORM_GOAL} x cp, "
               f"peak RSS < {RSS_GOAL} x file")
