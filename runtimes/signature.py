@@ -1,16 +1,26 @@
 """What an exported graph itself declares, read from its protobuf without its weights: the inputs
 and outputs with their dtypes and shapes (the batch axis as 'N'), the ONNX opset, the producer.
 `maeconv inspect` shows it beside the metadata maeconv recorded, so a graph whose recorded task
-and actual signature disagree shows it."""
+and actual signature disagree shows it. The runtimes' hooks (`signature`) call these."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
+
+from ..errors import MaeconvError
 
 BATCH = "N"
 # The element types of both protobufs (ONNX TensorProto.DataType; MindIR's numbers the same ones alike).
 ELEMENT_TYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
                  10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16"}
+
+
+def readable(path: Path, what: str, read: Callable[[], dict]) -> dict:
+    """`read()`, with a file it cannot parse refused in one line."""
+    try:
+        return read()
+    except Exception as error:  # protobuf's DecodeError and friends
+        raise MaeconvError(f"{path}: not a readable {what} ({str(error).strip() or type(error).__name__})") from None
 
 
 def onnx_signature(path: Path) -> dict:
