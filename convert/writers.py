@@ -37,7 +37,8 @@ def write(output: Output, tensors: Mapping[str, TensorRef], force: bool = False,
           inputs: Sequence[str | os.PathLike] = (), progress: Callable[[int], None] | None = None) -> list[str]:
     """Writes, proves and renames into place; returns the names of tensors holding NaN or Inf
     (written as they are)."""
-    extras = output.format.extras_for(output.config, output.kind, output.scheme.metadata_tag)
+    extras = {**output.format.extras_for(output.config, output.kind, output.scheme.metadata_tag),
+              "torch_keys": output.scheme.torch_keys}
     if output.format.folder_members is not None:
         extras["max_shard_size"] = output.max_shard_size or parse_size(DEFAULT_MAX_SHARD_SIZE)
     with staged(output.target, force=force, inputs=inputs) as stage:

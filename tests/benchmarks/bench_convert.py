@@ -69,9 +69,15 @@ class Layout:
         return flags + (["--max-shard-size", str(shard_size)] if self.fmt == "hf-sharded" else [])
 
 
-LAYOUTS = [Layout(scheme, fmt) for scheme in ("facebook", "mindspore", "mindformers", "hf")
-           for fmt in ("pth", "safetensors", "ckpt")] + [Layout("hf", "hf-dir"), Layout("hf", "hf-sharded")]
 OFFICIAL = Layout("facebook", "pth")
+
+
+def layouts() -> list[Layout]:
+    """Every scheme (the registry's, aliases aside) in every flat format, and hf's directories."""
+    from maeconv.convert.schemes import SCHEMES
+
+    return [Layout(scheme, fmt) for scheme in SCHEMES for fmt in ("pth", "safetensors", "ckpt")] + \
+        [Layout("hf", "hf-dir"), Layout("hf", "hf-sharded")]
 
 
 def measure(command: list[str]) -> tuple[float, int, float]:
@@ -197,8 +203,8 @@ def main() -> None:
         print(f"building {args.preset} full checkpoint in {work} ...", flush=True)
         build_checkpoint(official, args.preset)
         size = official.stat().st_size
-        layouts = [layout for layout in LAYOUTS if args.only in layout.label]
-        rows = run_matrix(work, official, layouts, args.repeat, size // 3)
+        chosen = [layout for layout in layouts() if args.only in layout.label]
+        rows = run_matrix(work, official, chosen, args.repeat, size // 3)
         print(f"\n{args.preset} full checkpoint: {size / 1e9:.2f} GB, best of {args.repeat} runs each\n")
         print_table(rows)
         if args.naive:
