@@ -110,10 +110,13 @@ _short_form("ms2torch", TORCH, "Convert a MindSpore .ckpt to a PyTorch checkpoin
               help="classifier: make a fine-tuning initialisation; encoder: leave a full checkpoint's decoder out.")
 @click.option("--fc-norm-from-norm", is_flag=True, help="With --kind classifier: fc_norm copies the final norm.")
 @click.option("--keep-optimizer", is_flag=True, help="Carry optimizer state where the target can hold it.")
+@click.option("--max-shard-size", metavar="SIZE",
+              help="A Hugging Face directory's weights over SIZE go into shards of at most SIZE, with "
+                   "model.safetensors.index.json (5GB, 500MB, 2GiB, or bytes; default 5GB, as save_pretrained).")
 @with_settings
 @conversion_options
 def convert_command(src, dst, scheme, dtype, img_size, kind, fc_norm_from_norm, settings, keep_optimizer,
-                    source_scheme, allow_unmapped, dry_run, force, as_json):
+                    max_shard_size, source_scheme, allow_unmapped, dry_run, force, as_json):
     """Convert between any formats and naming schemes: the output's suffix picks the format
     (.pth/.bin torch, .safetensors, .ckpt MindSpore, no suffix: a Hugging Face directory). The
     model's settings are carried into the output (config.json, metadata, the torch file's args)."""
@@ -121,7 +124,8 @@ def convert_command(src, dst, scheme, dtype, img_size, kind, fc_norm_from_norm, 
 
     conversion = Options(scheme=scheme, source_scheme=source_scheme, dtype=dtype, img_size=img_size, kind=kind,
                          fc_norm_from_norm=fc_norm_from_norm, settings=settings,
-                         allow_unmapped=allow_unmapped, keep_optimizer=keep_optimizer, dry_run=dry_run, force=force)
+                         allow_unmapped=allow_unmapped, keep_optimizer=keep_optimizer,
+                         max_shard_size=max_shard_size, dry_run=dry_run, force=force)
     _run_convert(src, dst, None, conversion, as_json)
 
 
@@ -132,7 +136,8 @@ def convert_command(src, dst, scheme, dtype, img_size, kind, fc_norm_from_norm, 
 @json_option()
 def download(name, list_names, force, as_json):
     """Fetch an official checkpoint into the cache: resumable; kept only when complete, matching its
-    md5 prefix (where published) and parsing as its preset and kind. MAECONV_DOWNLOAD_STALL_S,
+    md5 prefix (where published) and parsing as its preset and kind. A Hugging Face Hub repo id
+    (org/name[@revision]) is fetched into huggingface_hub's cache instead. MAECONV_DOWNLOAD_STALL_S,
     MAECONV_DOWNLOAD_DEADLINE_S and MAECONV_DOWNLOAD_MAX_BYTES bound the wait and the size."""
     from ..convert.hub import CHECKPOINTS, cache_dir, url_of
     from ..convert.pipeline import fetch_official
@@ -155,6 +160,14 @@ def download(name, list_names, force, as_json):
         if bar is not None:
             bar.update(advance)
 
+    from ..convert import hfhub
+
+    if name not in CHECKPOINTS and (name.startswith(hfhub.PREFIX) or hfhub.repo_of(name)):
+        repo = hfhub.parse(name, explicit=True)
+        path = hfhub.fetch(repo, log=say)
+        click.echo(json.dumps({"name": str(repo), "path": str(path)}) if as_json
+                   else f"{repo}: {path} (Hugging Face cache {hfhub.cache_dir()})")
+        return
     path = fetch_official(name, log=say, progress=progress, force=force)
     if bar is not None:
         bar.render_finish()
@@ -168,7 +181,8 @@ def download(name, list_names, force, as_json):
 @json_option()
 def inspect(file, source_scheme, as_json):
     """Format, naming scheme, checkpoint kind, preset, key and parameter counts, dtypes; for an
-    exported .onnx/.mindir graph its task, preset, precision, inputs, outputs and files."""
+    exported .onnx/.mindir graph its task, preset, kind, settings, precision, opset, inputs and
+    outputs (dtype, shape) and files."""
     from ..runtimes.describe import describe
 
     info = describe(file, source_scheme)
@@ -185,6 +199,11 @@ def _shown(key: str, value) -> str:
         return ", ".join(f"{k} ({v:,} bytes)" for k, v in value.items())
     if key == "config":
         return ", ".join(f"{k} {v}" for k, v in value.items())
+    if key in ("inputs", "outputs") and isinstance(value, dict):  # a graph's: name dtype [shape]
+        return ", ".join(f"{k} {v['dtype']} [{', '.join(map(str, v['shape']))}]" for k, v in value.items())
+    if key == "settings":  # a checkpoint's say where each comes from
+        return ", ".join(f"{k} {v['value']} ({v['from']})" if isinstance(v, dict) else f"{k} {v}"
+                         for k, v in value.items())
     if isinstance(value, dict):
         return ", ".join(f"{k} x{v}" for k, v in value.items())
     if isinstance(value, list):

@@ -55,7 +55,7 @@ class Target:
     some of them removes the others, so a set never mixes two runs' files."""
 
     path: Path
-    folder_members: frozenset[str] | None = None
+    folder_members: frozenset[str] | re.Pattern | None = None
     companions: tuple[Companion | str, ...] = ()
 
     @property

@@ -14,10 +14,11 @@ from typing import Callable
 
 import numpy as np
 
-from . import hub
+from . import hfhub, hub
 from .detect import Detected, detect
 from ..errors import MaeconvError
 from .formats import FORMATS, Checkpoint, Format, format_of_output, read_checkpoint
+from .formats.sharded import parse_size
 from .outputs import Target, check_target
 from .schemes import (HF, REFUSED_KINDS, SCHEMES, MappingError, Scheme, Step, apply_from_canonical,
                       apply_to_canonical, get_scheme, is_training_state, scheme_of_format)
@@ -56,12 +57,19 @@ class Loaded:
 
 
 def resolve(source: str | os.PathLike, log: Callable[[str], None] | None = None) -> Path:
-    """A path as given, or the cached file of an official checkpoint name (downloaded if needed)."""
+    """A path as given, the cached file of an official checkpoint name, or the local copy of a
+    Hugging Face Hub repo (`org/name[@revision]`, `hf://...`), downloaded if needed; the order in
+    which a name is tried is hfhub's."""
+    if isinstance(source, str) and source.startswith(hfhub.PREFIX):
+        return hfhub.fetch(hfhub.parse(source, explicit=True), log)
     path = Path(source)
     if path.exists():
         return path
     if str(source) in hub.CHECKPOINTS:
         return fetch_official(str(source), log=log)
+    repo = hfhub.repo_of(source)
+    if repo is not None:
+        return hfhub.fetch(repo, log)
     suggestion = hub.did_you_mean(str(source))
     if suggestion:
         raise MaeconvError(f"{source}: no such file or official checkpoint name{suggestion}")
@@ -180,6 +188,7 @@ class Options:
     settings: dict = field(default_factory=dict)  # MAEConfig field -> value; None or absent: the source's
     allow_unmapped: bool = False
     keep_optimizer: bool = False
+    max_shard_size: str | int | None = None  # a Hugging Face directory's shard limit (default 5GB)
     dry_run: bool = False
     force: bool = False
 
@@ -194,6 +203,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, fmt: str | No
 
     output_format = FORMATS[fmt] if fmt else format_of_output(Path(dst), options.scheme)
     dst = Path(dst) if dst is not None else default_output(src, output_format)
+    shard_limit = _shard_limit(options.max_shard_size, output_format, dst)
     if not options.dry_run:  # before the (possibly long) read
         check_target(Target(dst, output_format.folder_members), options.force, inputs=[src])
     loaded = load_canonical(src, options.source_scheme, options.allow_unmapped, log)
@@ -221,12 +231,22 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, fmt: str | No
     if options.dry_run:
         return done
     update = progress(2 * sum(ref.nbytes for ref in tensors.values())) if progress else None
-    output = writers.Output(dst, output_format, target, settings.config, detected.kind)
+    output = writers.Output(dst, output_format, target, settings.config, detected.kind, shard_limit)
     nonfinite = writers.write(output, tensors, options.force, [loaded.checkpoint.path], update)
     if nonfinite:
         done.warnings.append(f"{len(nonfinite)} tensors hold NaN or Inf values (written as they are): "
                              f"{', '.join(nonfinite[:5])}")
     return done
+
+
+def _shard_limit(given: str | int | None, output_format: Format, dst: Path) -> int | None:
+    """--max-shard-size in bytes, checked before any work; only a Hugging Face directory is sharded."""
+    if given is None:
+        return None
+    if output_format.folder_members is None:
+        raise MaeconvError(f"{dst}: --max-shard-size shards a Hugging Face directory (an output without a "
+                           f"suffix), not a {output_format.label}")
+    return parse_size(given)
 
 
 def _notes(loaded: Loaded, options: Options, changed, carried: dict) -> list[str]:

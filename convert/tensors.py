@@ -262,6 +262,11 @@ def _map_region(path: str, offset: int, nbytes: int) -> np.ndarray | None:
     return np.frombuffer(mapping, np.uint8, nbytes, start)
 
 
+def region_equal(path, offset: int, data: np.ndarray, dtype: np.dtype) -> tuple[bool, bool]:
+    """(whether a file region holds exactly `data`'s bytes, whether they hold no NaN or Inf)."""
+    return _arrays_equal(data, _map_region(str(path), offset, data.size), dtype, check_finite=True)
+
+
 def spans_equal(a: Span, b: Span, nbytes: int, dtype: np.dtype) -> tuple[bool, bool]:
     """(whether two files' regions are equal, whether `b`'s holds no NaN or Inf), compared in place
     through memory maps, so memory stays near one tensor."""

@@ -34,10 +34,12 @@ def write_verified(path: Path, tensors: Mapping[str, TensorRef], fmt: Format, ex
     progress = _thread_safe(progress) if progress else None
     written = Written()
     if fmt.folder_members is not None:  # a folder: its weights file is the one to prove
-        def verify(file: Path, inner: str, inner_extras: Mapping) -> None:
-            written.nonfinite += write_verified(file, tensors, FORMATS[inner], inner_extras, progress,
-                                                shown_as).nonfinite
+        def verify(file: Path, inner: str, inner_extras: Mapping, members: Mapping[str, TensorRef]) -> None:
+            shown = Path(shown_as) / file.name if shown_as else file
+            written.nonfinite += write_verified(file, members, FORMATS[inner], inner_extras, progress,
+                                                shown).nonfinite
         fmt.write(path, tensors, extras or {}, verify=verify)
+        _check_folder(path, tensors, shown_as)
         return written
     verdicts = fmt.write(path, tensors, extras or {}, check_finite=True, progress=progress)
     try:
@@ -68,6 +70,21 @@ def write_verified(path: Path, tensors: Mapping[str, TensorRef], fmt: Format, ex
     if differ:
         raise MaeconvError(f"{shown_as or path}: read-back check failed for {len(differ)} tensors (e.g. {differ[0]})")
     return written
+
+
+def _check_folder(path: Path, tensors: Mapping[str, TensorRef], shown_as) -> None:
+    """A written folder read back whole (its index and every shard together) names exactly the
+    tensors meant, each where its file's proof found it."""
+    try:
+        back = read_checkpoint(path).tensors
+    except MaeconvError as error:
+        reason = str(error).removeprefix(f"{path}: ")
+        raise MaeconvError(f"{shown_as or path}: read-back check failed: the written folder does not parse "
+                           f"({reason})") from None
+    differ = sorted(set(tensors) ^ set(back)) or [name for name, ref in tensors.items()
+                                                  if (back[name].dtype, back[name].shape) != (ref.dtype, ref.shape)]
+    if differ:
+        raise MaeconvError(f"{shown_as or path}: read-back check failed for {len(differ)} tensors (e.g. {differ[0]})")
 
 
 def _thread_safe(callback: Callable[[int], None]) -> Callable[[int], None]:

@@ -10,6 +10,7 @@ from typing import Callable, Mapping, Sequence
 from ..models.config import MAEConfig
 from ..errors import MaeconvError
 from .formats import Format
+from .formats.sharded import DEFAULT_MAX_SHARD_SIZE, parse_size
 from .outputs import Target, staged
 from .schemes import Scheme, apply_from_canonical, apply_to_canonical
 from .tensors import TensorRef
@@ -25,6 +26,7 @@ class Output:
     scheme: Scheme
     config: MAEConfig  # its settings are recorded in the file
     kind: str
+    max_shard_size: int | None = None  # a folder's weights over this many bytes are sharded (None: 5GB)
 
     @property
     def target(self) -> Target:
@@ -37,6 +39,8 @@ def write(output: Output, tensors: Mapping[str, TensorRef], force: bool = False,
     (written as they are)."""
     extras = {**output.format.extras_for(output.config, output.kind, output.scheme.metadata_tag),
               "torch_keys": output.scheme.torch_keys}
+    if output.format.folder_members is not None:
+        extras["max_shard_size"] = output.max_shard_size or parse_size(DEFAULT_MAX_SHARD_SIZE)
     with staged(output.target, force=force, inputs=inputs) as stage:
         written = write_verified(stage.path(), tensors, output.format, extras, progress, shown_as=output.path)
     return written.nonfinite

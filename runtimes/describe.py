@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from ..convert.pipeline import describe as describe_checkpoint
+from ..convert.settings import settings_record
 from ..errors import MaeconvError
 from .registry import EXPORTED, check_weight_files, get_runtime, runtime_of
 from .tasks import read_metadata
@@ -41,6 +42,7 @@ def describe_graph(source: str | os.PathLike) -> dict:
     meta = runtime.hooks.file_metadata(path)
     info = read_metadata(meta, str(path))
     files = [path, *check_weight_files(path, runtime.name)]
+    declared = runtime.hooks.signature(path, info.task.outputs)
     described = {
         "file": str(path),
         "format": runtime.name,
@@ -48,13 +50,16 @@ def describe_graph(source: str | os.PathLike) -> dict:
         "preset": info.preset,
         "kind": info.kind,
         "precision": meta.get("maeconv.precision", "fp32"),
-        "inputs": list(info.task.inputs),
-        "outputs": list(info.task.outputs),
+        "settings": settings_record(info.config),
+        "opset": declared["opset"],
+        "producer": declared["producer"],
+        "inputs": declared["inputs"],
+        "outputs": declared["outputs"],
         "img_size": info.config.img_size,
         "config": json.loads(meta["maeconv.config"]),
         "files": {str(f): f.stat().st_size for f in files},
         "bytes": sum(f.stat().st_size for f in files),
     }
-    if "maeconv.opset" in meta:
-        described["opset"] = int(meta["maeconv.opset"])
+    if described["opset"] is None:
+        del described["opset"]  # MindIR has none
     return described

@@ -8,6 +8,7 @@ A runtime that runs exported graphs names a hooks module with:
     load(path, threads) -> runners.Runner       an exported file, ready to call
     file_metadata(path) -> dict[str, str]       what maeconv recorded in the file, weights not loaded
     weight_files(path) -> list[str]             files beside the graph that it names for its weights
+    signature(path, outputs) -> dict            inputs and outputs (dtype, shape), opset, producer it declares
 Adding one is an entry here plus its hooks module and tests.
 """
 from __future__ import annotations

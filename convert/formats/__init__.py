@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from ...errors import MaeconvError
-from . import ckpt, hfdir, identify, pytorch, safetensors
+from . import ckpt, hfdir, identify, pytorch, safetensors, sharded
 from .base import Checkpoint, Format
 
 TORCH, SAFETENSORS, MINDSPORE, HF_DIR = pytorch.NAME, safetensors.NAME, ckpt.NAME, hfdir.NAME
@@ -37,7 +37,8 @@ __all__ = ["FORMATS", "HF_DIR", "MINDSPORE", "SAFETENSORS", "SUFFIX_FORMATS", "T
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Any checkpoint file or Hugging Face directory, its tensors read lazily."""
+    """Any checkpoint file, sharded checkpoint's index (`*.index.json`) or Hugging Face directory, its
+    tensors read lazily."""
     path = Path(path)
     if not path.exists():
         raise MaeconvError(f"{path}: no such file")
@@ -48,6 +49,8 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if path.stat().st_size == 0:
         raise MaeconvError(f"{path}: empty file")
     try:
+        if sharded.is_index(path):
+            return sharded.read_index(path)
         return _format_of_file(path).read(path)
     except OSError as error:
         raise MaeconvError(f"{path}: cannot read ({error.strerror or error})") from None

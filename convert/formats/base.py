@@ -2,6 +2,7 @@
 entry the registry (convert/formats/__init__.py) keeps for it."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -35,6 +36,7 @@ class Format:
     # settings, `tag` being the target scheme's framework tag ('pt' or 'ms').
     extras_for: Callable[[object, str, str], dict]
     starts: Callable[[bytes, int | None], bool] | None = None  # whether first bytes (and size) are this format's
-    folder_members: frozenset[str] | None = None   # a folder format: the files maeconv writes into it
+    # a folder format: the names of the files maeconv writes into it (a set, or a pattern they match)
+    folder_members: frozenset[str] | re.Pattern | None = None
     holds_training_state: bool = False  # flat files that can keep optimizer state by name beside the model
     framework: str | None = None  # the framework whose own format this is (None: shared by several)

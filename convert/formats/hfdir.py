@@ -1,8 +1,9 @@
-"""Hugging Face model directories: config.json beside model.safetensors (or pytorch_model.bin), as
-transformers' save_pretrained writes them for ViTMAE."""
+"""Hugging Face model directories: config.json beside model.safetensors (or pytorch_model.bin, or
+either sharded with its index), as transformers' save_pretrained writes them for ViTMAE."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Mapping
 
@@ -10,12 +11,16 @@ from ...models.config import ENCODER, MAEConfig
 from ...errors import MaeconvError
 from ..settings import settings_record
 from ..tensors import TensorRef, Verdict
-from . import pytorch, safetensors
+from . import pytorch, safetensors, sharded
 from .base import Checkpoint
 
 NAME = "hf-dir"
-WEIGHTS = {"model.safetensors": safetensors.read_file, "pytorch_model.bin": pytorch.read}
-WRITTEN = frozenset({"config.json", "model.safetensors"})  # all that --force may replace in one
+# The weights, in the order transformers looks for them: the first one present is the model.
+WEIGHTS = {"model.safetensors": safetensors.read_file, sharded.SAFETENSORS_INDEX: sharded.read_index,
+           "pytorch_model.bin": pytorch.read, sharded.TORCH_INDEX: sharded.read_index}
+# All that --force may replace in one: what maeconv writes there, a single file or shards.
+WRITTEN = re.compile(r"config\.json|model\.safetensors|model\.safetensors\.index\.json|"
+                     + sharded.SHARD_NAME.pattern)
 
 
 def read(path: Path) -> Checkpoint:
@@ -23,7 +28,7 @@ def read(path: Path) -> Checkpoint:
     weights = [path / name for name in WEIGHTS if (path / name).is_file()]
     if not config_path.is_file() or not weights:
         raise MaeconvError(f"{path}: not a Hugging Face model directory (needs config.json and "
-                           f"{' or '.join(WEIGHTS)})")
+                           f"{', '.join(WEIGHTS)})")
     try:
         config = json.loads(config_path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
@@ -33,10 +38,15 @@ def read(path: Path) -> Checkpoint:
 
 
 def write(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping, *, verify) -> dict[str, Verdict]:
-    """The folder: config.json, then model.safetensors written by `verify` (which reads it back)."""
+    """The folder: config.json, then model.safetensors written by `verify` (which reads it back), or,
+    over extras' `max_shard_size` bytes of tensors, shards of at most that much and their index."""
     path.mkdir()
     (path / "config.json").write_text(json.dumps(extras["config"], indent=2) + "\n")
-    verify(path / "model.safetensors", safetensors.NAME, {"metadata": {"format": "pt"}})
+    metadata = {"format": "pt"}
+    limit = extras.get("max_shard_size")
+    if limit is not None and sum(ref.nbytes for ref in tensors.values()) > limit:
+        return sharded.write_shards(path, tensors, limit, metadata, verify)
+    verify(path / "model.safetensors", safetensors.NAME, {"metadata": metadata}, tensors)
     return {}
 
 

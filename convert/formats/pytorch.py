@@ -91,10 +91,11 @@ def _skippable(obj, stand_ins: list[str]) -> bool:
 
 def write(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping, **read_back) -> dict[str, Verdict]:
     """{state_key: state dict, settings_key: settings}, the keys the target scheme's files use
-    (extras['torch_keys']: ('model', 'args') by default, OpenMMLab's ('state_dict', 'meta'))."""
+    (extras['torch_keys']: ('model', 'args') by default, OpenMMLab's ('state_dict', 'meta')); each
+    tensor is judged as it is written (see torchzip.write)."""
     state_key, settings_key = extras.get("torch_keys", DEFAULT_KEYS)
-    torchzip.write(path, tensors, extras.get(settings_key), state_key, settings_key)
-    return {}  # nothing streamed is judged: the whole file is compared afterwards
+    return torchzip.write(path, tensors, extras.get(settings_key), state_key, settings_key,
+                          read_back.get("progress"))
 
 
 def extras_for(config, kind: str, tag: str) -> dict:

@@ -23,7 +23,8 @@ from typing import Mapping
 import numpy as np
 
 from ...errors import MaeconvError
-from ..tensors import COPY_CHUNK, MAX_TENSORS, TensorRef, read_file_array, reserve, tensor_bytes
+from ..tensors import (COPY_CHUNK, MAX_TENSORS, TensorRef, Verdict, read_file_array, region_equal, reserve,
+                       tensor_bytes)
 from . import identify
 from .torchpickle import (MAX_PICKLE_BYTES, STORAGE_DTYPES, Invalid, Storage, StorageTable, Unsupported,
                           contiguous_strides, file_storage, unpickle)
@@ -277,26 +278,37 @@ RECORDS_AFTER = {"version": b"3\n"}
 
 
 def write(path: Path, tensors: Mapping[str, TensorRef], args: Mapping[str, object] | None = None,
-          state_key: str = "model", args_key: str = "args") -> None:
+          state_key: str = "model", args_key: str = "args", progress=None) -> dict[str, Verdict]:
     """Writes {'model': state_dict, 'args': {...}} (or under other keys) as torch.save lays it out: a
     zip of data.pkl and one stored, aligned entry per tensor. `args` is a plain dict of strings,
     numbers and booleans (not the reference's argparse.Namespace, which torch.load(weights_only=True)
-    refuses). Tensor
-    bytes stream in from their source files, one chunk at a time, so memory stays near one chunk.
-    Nothing is read back while writing: the caller compares the whole file afterwards."""
+    refuses). Tensor bytes stream in from their source files, one chunk at a time, so memory stays
+    near one tensor. Each entry is read back from the file once written and compared with the bytes
+    meant for it while they are at hand (a transposed tensor is not computed a second time to be
+    checked); the verdicts say where each tensor's bytes start."""
+    verdicts = {}
     with open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
         reserve(f, sum(ref.nbytes for ref in tensors.values()))
         _add(archive, "data.pkl", _state_dict_pickle(tensors, args, state_key, args_key))
         for name, data in RECORDS_BEFORE.items():
             _add(archive, name, data)
-        for key, ref in enumerate(tensors.values()):
+        for key, (name, ref) in enumerate(tensors.items()):
             data = tensor_bytes(ref)
             with archive.open(_aligned_entry(archive, f"data/{key}", ref.nbytes), "w") as entry:
+                offset = f.tell()
                 for start in range(0, ref.nbytes, COPY_CHUNK):
                     entry.write(data[start:start + COPY_CHUNK])
+            f.flush()
+            if progress:
+                progress(ref.nbytes)
+            equal, finite = region_equal(path, offset, data, ref.dtype)
+            verdicts[name] = Verdict(offset, equal, finite)
+            if progress:
+                progress(ref.nbytes)
             del data
         for name, data in RECORDS_AFTER.items():
             _add(archive, name, data)
+    return verdicts
 
 
 def _add(archive: zipfile.ZipFile, name: str, data: bytes) -> None:

@@ -164,3 +164,9 @@ def file_metadata(path: Path) -> dict[str, str]:
 
 
 weight_files = mindir_variables
+
+
+def signature(path: Path, outputs) -> dict:
+    from ..signature import mindir_signature, readable
+
+    return readable(path, "MindIR file", lambda: mindir_signature(path, outputs))

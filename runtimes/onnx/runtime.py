@@ -43,6 +43,12 @@ def file_metadata(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
+def signature(path: Path, outputs) -> dict:
+    from ..signature import onnx_signature, readable
+
+    return readable(path, "ONNX model", lambda: onnx_signature(path))
+
+
 def weight_files(path: Path) -> list[str]:
     from .export import external_data
 

@@ -1,22 +1,34 @@
-"""Conversion speed and memory: maeconv torch2ms against `cp` and against a naive pipeline.
+"""Conversion speed and memory: every scheme x format as source and as target, against `cp`.
 
-    python tests/benchmarks/bench_convert.py [--preset mae_vit_huge_patch14] [--dir DIR] [--repeat 3] [--skip-naive]
+    python tests/benchmarks/bench_convert.py [--preset mae_vit_huge_patch14] [--dir DIR] [--repeat 2]
+                                             [--only TEXT] [--naive]
 
-Builds a full checkpoint of the preset in the official layout (random weights, about 2.6 GB
-for huge), then times, in one run and on the same disk: `cp` of the file, `cp` followed by
-`cmp` (a copy verified the way maeconv verifies), `maeconv torch2ms` (streaming, read back and
-compared), `maeconv ms2torch` of its output (the way back, also streaming), and the naive pipeline (torch.load of everything, rename,
-mindspore.save_checkpoint of the list). Each command runs in its own process; its peak RSS is
-that process's maximum resident set. Prints a table of wall time and peak RSS with ratios.
+Builds a full checkpoint of the preset in the official layout (random weights; 2.6 GB for huge),
+then, on the same disk, one at a time, each command in its own process with `sync` before it:
+
+- as source: the checkpoint is written (untimed) in each scheme x format (torch .pth,
+  safetensors, MindSpore .ckpt, Hugging Face directory, sharded Hugging Face directory), and
+  `maeconv convert` of that into the official torch file is timed, beside `cp` of it;
+- as target: `maeconv convert` of the official torch file into each scheme x format is timed,
+  beside `cp` of the official file.
+
+Each row is held to its goal: paths that only rename (and copy bytes) <= 1.2x `cp` of the same
+bytes, paths that transpose or split <= 2.0x; peak RSS (the command's maximum resident set) below
+0.1x the file. `--dry-run --json` of each conversion tells which transforms it runs. The
+sharded directories use --max-shard-size of a third of the file (the default 5GB would not
+shard even ViT-H). `--naive` adds the naive pipeline (load everything, rename,
+mindspore.save_checkpoint) for comparison.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 NAIVE = r"""
@@ -31,17 +43,80 @@ MEASURE = r"""
 import resource, subprocess, sys, time
 start = time.perf_counter()
 code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode
-print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(time.perf_counter() - start, usage.ru_maxrss, usage.ru_utime + usage.ru_stime, code)
 """
 
+MAECONV = [sys.executable, "-m", "maeconv"]
+RENAME_GOAL, TRANSFORM_GOAL, RSS_GOAL = 1.2, 2.0, 0.1
 
-def measure(command: list[str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS bytes) of a command run in a fresh process."""
+
+@dataclass(frozen=True)
+class Layout:
+    """One scheme x format: how a file of it is named and written."""
+
+    scheme: str
+    fmt: str          # pth | safetensors | ckpt | hf-dir | hf-sharded
+    @property
+    def label(self) -> str:
+        return f"{self.scheme} {self.fmt}"
+
+    def path(self, folder: Path, stem: str) -> Path:
+        return folder / (stem if self.fmt.startswith("hf-") else f"{stem}.{self.fmt}")
+
+    def flags(self, shard_size: int) -> list[str]:
+        flags = ["--to", self.scheme]
+        return flags + (["--max-shard-size", str(shard_size)] if self.fmt == "hf-sharded" else [])
+
+
+OFFICIAL = Layout("facebook", "pth")
+
+
+def layouts() -> list[Layout]:
+    """Every scheme (the registry's, aliases aside) in every flat format, and hf's directories."""
+    from maeconv.convert.schemes import SCHEMES
+
+    return [Layout(scheme, fmt) for scheme in SCHEMES for fmt in ("pth", "safetensors", "ckpt")] + \
+        [Layout("hf", "hf-dir"), Layout("hf", "hf-sharded")]
+
+
+def measure(command: list[str]) -> tuple[float, int, float]:
+    """(wall seconds, peak RSS bytes, CPU seconds) of a command run in a fresh process, after a sync."""
+    os.sync()  # every command starts with no earlier writes still going to the disk
     out = subprocess.run([sys.executable, "-c", MEASURE, *command], capture_output=True, text=True, check=True)
-    seconds, rss_kb, code = out.stdout.split()
+    seconds, rss_kb, cpu, code = out.stdout.split()
     if code != "0":
         raise SystemExit(f"command failed ({code}): {' '.join(command)}")
-    return float(seconds), int(rss_kb) * 1024
+    return float(seconds), int(rss_kb) * 1024, float(cpu)
+
+
+def best(command: list[str], repeat: int, output: Path | None) -> tuple[float, int, float]:
+    """The best wall and CPU time of `repeat` runs, and the largest peak RSS."""
+    results = []
+    for _ in range(repeat):
+        if output is not None:
+            remove(output)
+        results.append(measure(command))
+    return min(r[0] for r in results), max(r[1] for r in results), min(r[2] for r in results)
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def size_of(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.iterdir()) if path.is_dir() else path.stat().st_size
+
+
+def transforms(source: Path, target: Path, flags: list[str]) -> str:
+    """The transforms the conversion runs, from its --dry-run mapping."""
+    out = subprocess.run([*MAECONV, "convert", str(source), str(target), *flags, "--dry-run", "--json"],
+                         capture_output=True, text=True, check=True)
+    found = {t for row in json.loads(out.stdout)["mapping"] for t in row["transform"].split("+")}
+    return "+".join(sorted(found - {"rename"})) or "rename"
 
 
 def build_checkpoint(path: Path, preset: str) -> None:
@@ -56,50 +131,90 @@ def build_checkpoint(path: Path, preset: str) -> None:
     torch.save({"model": state}, path)
 
 
+def row(direction: str, layout: Layout, kind: str, run: tuple, cp: tuple, size: int) -> dict:
+    """One conversion against cp of the same bytes: `run` and `cp` are `best`'s (wall, RSS, CPU)."""
+    goal = RENAME_GOAL if kind == "rename" else TRANSFORM_GOAL
+    seconds, rss, cpu = run
+    ratio = seconds / cp[0]
+    return {"direction": direction, "layout": layout.label, "transforms": kind, "seconds": seconds, "cp": cp[0],
+            "x_cp": ratio, "cpu": cpu, "cp_cpu": cp[2], "goal": goal, "rss": rss, "rss_file": rss / size,
+            "met": ratio <= goal and rss / size < RSS_GOAL}
+
+
+def run_matrix(work: Path, official: Path, layouts: list[Layout], repeat: int, shard: int) -> list[dict]:
+    rows = []
+    size = size_of(official)
+    cp_official = best(["cp", str(official), str(work / "copy")], repeat, work / "copy")
+    for layout in layouts:  # as source: layout -> the official torch file
+        source = official if layout == OFFICIAL else layout.path(work, "source")
+        if layout != OFFICIAL:
+            subprocess.run([*MAECONV, "convert", str(official), str(source), *layout.flags(shard)], check=True,
+                           capture_output=True)
+        back = work / "back.pth"
+        kind = transforms(source, back, ["--to", "facebook"])
+        cp = best(["cp", "-r", str(source), str(work / "copy")], repeat, work / "copy")
+        rows.append(row("from", layout, kind, best([*MAECONV, "convert", str(source), str(back), "--to", "facebook"],
+                                                   repeat, back), cp, size_of(source)))
+        show(rows[-1])
+        remove(back)
+        if layout != OFFICIAL:
+            remove(source)
+    for layout in layouts:  # as target: the official torch file -> layout
+        target = layout.path(work, "target")
+        kind = transforms(official, target, layout.flags(shard))
+        rows.append(row("to", layout, kind, best([*MAECONV, "convert", str(official), str(target),
+                                                  *layout.flags(shard)], repeat, target), cp_official, size))
+        show(rows[-1])
+        remove(target)
+    return rows
+
+
+def arrow(r: dict) -> str:
+    return f"{r['layout']} -> facebook pth" if r["direction"] == "from" else f"facebook pth -> {r['layout']}"
+
+
+def show(r: dict) -> None:
+    print(f"  {arrow(r)}: {r['seconds']:.2f} s ({r['x_cp']:.2f} x cp), CPU {r['cpu']:.2f} s, {r['transforms']}, "
+          f"peak RSS {r['rss'] / 2**20:.0f} MiB", flush=True)
+
+
+def print_table(rows: list[dict]) -> None:
+    print("| as | conversion | transforms | wall s | cp s | x cp | goal | CPU s | cp CPU s | peak RSS MiB | "
+          "RSS / file | met |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {'source' if r['direction'] == 'from' else 'target'} | {arrow(r)} | {r['transforms']} | "
+              f"{r['seconds']:.2f} | {r['cp']:.2f} | {r['x_cp']:.2f} | <= {r['goal']} | {r['cpu']:.2f} | "
+              f"{r['cp_cpu']:.2f} | {r['rss'] / 2**20:.0f} | {r['rss_file']:.3f} | {'yes' if r['met'] else 'no'} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="mae_vit_huge_patch14")
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: a temporary one)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each command; the best is reported")
-    parser.add_argument("--skip-naive", action="store_true", help="leave out the naive pipeline (about 15 s a run)")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each command; the best is reported")
+    parser.add_argument("--only", default="", help="only the scheme x format layouts whose label holds this text")
+    parser.add_argument("--naive", action="store_true", help="add the naive pipeline (about 20 s a run for huge)")
+    parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="maeconv-bench-", dir=args.dir))
     try:
-        source = work / "source.pth"
+        official = work / "official.pth"
         print(f"building {args.preset} full checkpoint in {work} ...", flush=True)
-        build_checkpoint(source, args.preset)
-        size = source.stat().st_size
-        converted = work / "source.ckpt"  # the way back starts from maeconv's own output
-        subprocess.run([sys.executable, "-m", "maeconv", "torch2ms", str(source), str(converted)],
-                       check=True, capture_output=True)
-        commands = {
-            "cp": ["cp", str(source), str(work / "copy.pth")],
-            # a copy that is also read back and compared, with the standard tools
-            "cp + cmp": ["sh", "-c", f"cp {source} {work / 'copy.pth'} && cmp {source} {work / 'copy.pth'}"],
-            "maeconv torch2ms": [sys.executable, "-m", "maeconv", "torch2ms", str(source),
-                                 str(work / "maeconv.ckpt")],
-            "maeconv ms2torch (the way back)": [sys.executable, "-m", "maeconv", "ms2torch",
-                                                str(converted), str(work / "back.pth")],
-        }
-        if not args.skip_naive:
-            commands["naive (load all, save_checkpoint)"] = [sys.executable, "-c", NAIVE, str(source),
-                                                             str(work / "naive.ckpt")]
-        results = {name: (float("inf"), 0) for name in commands}
-        for _ in range(args.repeat):
-            for name, command in commands.items():
-                for stale in ("copy.pth", "maeconv.ckpt", "back.pth", "naive.ckpt"):
-                    (work / stale).unlink(missing_ok=True)
-                os.sync()  # every command starts with no earlier writes still going to the disk
-                seconds, rss = measure(command)
-                best_seconds, best_rss = results[name]
-                results[name] = (min(seconds, best_seconds), max(rss, best_rss))
-                print(f"  {name}: {seconds:.2f} s, peak RSS {rss / 2**20:.0f} MiB", flush=True)
-        cp_seconds = results["cp"][0]
+        build_checkpoint(official, args.preset)
+        size = official.stat().st_size
+        chosen = [layout for layout in layouts() if args.only in layout.label]
+        rows = run_matrix(work, official, chosen, args.repeat, size // 3)
         print(f"\n{args.preset} full checkpoint: {size / 1e9:.2f} GB, best of {args.repeat} runs each\n")
-        print(f"{'method':36s} {'wall s':>8s} {'x cp':>6s} {'peak RSS MiB':>13s} {'RSS / file':>10s}")
-        for name, (seconds, rss) in results.items():
-            print(f"{name:36s} {seconds:8.2f} {seconds / cp_seconds:6.2f} {rss / 2**20:13.0f} {rss / size:10.2f}")
-        print("\ngoal: maeconv torch2ms <= 1.5 x cp, peak RSS < 0.6 x file size")
+        print_table(rows)
+        if args.naive:
+            seconds, rss, _ = best([sys.executable, "-c", NAIVE, str(official), str(work / "naive.ckpt")],
+                                   args.repeat, work / "naive.ckpt")
+            print(f"\nnaive (load all, save_checkpoint): {seconds:.2f} s, peak RSS {rss / 2**20:.0f} MiB")
+        print(f"\ngoals: rename-only <= {RENAME_GOAL} x cp, transpose/split <= {TRANSFORM_GOAL} x cp, "
+              f"peak RSS < {RSS_GOAL} x file")
+        if args.json:
+            args.json.write_text(json.dumps({"preset": args.preset, "bytes": size, "rows": rows}, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
