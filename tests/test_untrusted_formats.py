@@ -278,8 +278,9 @@ def test_a_mindir_is_told_from_a_ckpt_by_its_fields_not_its_name(tmp_path):
 def test_a_directory_without_config_is_not_a_checkpoint(tmp_path):
     result = CliRunner().invoke(cli, ["inspect", str(tmp_path)])
     assert result.exit_code == 1
-    assert result.stderr.strip() == (f"Error: {tmp_path}: not a Hugging Face model directory (needs config.json and "
-                                      f"model.safetensors or pytorch_model.bin)")
+    assert result.stderr.strip() == (f"Error: {tmp_path}: not a Hugging Face model directory (needs config.json and one of "
+                                      "model.safetensors, model.safetensors.index.json, pytorch_model.bin, "
+                                      "pytorch_model.bin.index.json)")
 
 
 # --- memory bombs, read in a child with an address-space limit ---

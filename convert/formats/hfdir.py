@@ -27,7 +27,7 @@ def read(path: Path) -> Checkpoint:
     config_path = path / "config.json"
     weights = [path / name for name in WEIGHTS if (path / name).is_file()]
     if not config_path.is_file() or not weights:
-        raise MaeconvError(f"{path}: not a Hugging Face model directory (needs config.json and "
+        raise MaeconvError(f"{path}: not a Hugging Face model directory (needs config.json and one of "
                            f"{', '.join(WEIGHTS)})")
     try:
         config = json.loads(config_path.read_text())
