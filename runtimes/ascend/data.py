@@ -74,12 +74,15 @@ def ensure_dataset(path: str, synthetic: dict | None, runtime) -> None:
         print(f"data folder {root} is absent: making a synthetic ImageNet-layout dataset there ({synthetic})",
               flush=True)
         _make_synthetic_once(root, synthetic)
-    runtime.barrier("data made by rank 0")
+    waited = runtime.barrier("data made by rank 0")
     if runtime.world > 1 and runtime.local_rank == 0 and synthetic and not root.exists():
         print(f"rank {runtime.rank}: data folder {root} is absent on this machine: making the synthetic dataset "
               "there too", flush=True)
         _make_synthetic_once(root, synthetic)
-    runtime.barrier("data made on every machine")
+    waited += runtime.barrier("data made on every machine")
+    if runtime.world > 1:
+        print(f"rank {runtime.rank}: data ready on every machine; waited {waited:.1f} s for the other ranks",
+              flush=True)
 
 
 def _make_synthetic_once(root: Path, synthetic: dict) -> None:

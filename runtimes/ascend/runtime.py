@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -122,6 +124,7 @@ def _join(cfg, device: str) -> Runtime:
 
     init()  # the msrun scheduler process stays in here until the job ends
     _joined = True
+    _die_on_sigterm()
     rank, world = get_rank(), get_group_size()
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=world)
     # msrun's DEVICE_ID is the worker's index on its machine (the rank table's is the device's)
@@ -130,6 +133,15 @@ def _join(cfg, device: str) -> Runtime:
     if world > 1 and address is not None:
         runtime.rendezvous = Rendezvous(rank, world, *address, cfg.cluster.barrier_timeout)
     return runtime
+
+
+def _die_on_sigterm() -> None:
+    """MindSpore ends a worker whose job failed (a peer dead, the scheduler gone) with SIGTERM,
+    typically while its main thread waits inside a collective, where a Python signal handler (the
+    command line's) would never run: the worker would live on and msrun would wait for it forever.
+    Outputs are staged, so dying on the spot leaves no partial file."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _set_device(device: str, device_id: int | None) -> None:
