@@ -1,4 +1,4 @@
 """python -m maeconv: the command line."""
-from .convert.cli import main
+from .cli import main
 
 main()

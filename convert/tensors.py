@@ -60,6 +60,11 @@ class TensorRef:
             raise MaeconvError(f"tensor data is {array.dtype}{array.shape}, its header says {self.dtype}{self.shape}")
         return array
 
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        """The data, read now: a model can be filled from references one tensor at a time."""
+        array = self.load()
+        return array if dtype is None else array.astype(dtype, copy=False)
+
     def cast(self, dtype: np.dtype) -> "TensorRef":
         dtype = np.dtype(dtype)
         if dtype == self.dtype:

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import MaeconvError
 from .formats import FORMATS, Format, read_checkpoint
-from .tensors import TensorRef, spans_equal
+from .tensors import TensorRef, as_ref, spans_equal
 
 
 @dataclass
@@ -94,7 +94,7 @@ def compare_tensors(expected: Mapping[str, TensorRef | np.ndarray], actual: Mapp
     for name in expected:
         if name not in actual:
             continue
-        e, a = _ref(expected[name]), _ref(actual[name])
+        e, a = as_ref(expected[name]), as_ref(actual[name])
         if e.dtype != a.dtype or e.shape != a.shape:
             result.differ.append(name)
             continue
@@ -122,7 +122,3 @@ def _bytes(array: np.ndarray) -> np.ndarray:
     """The raw bytes, as wide integers where the size allows: NaN compares equal to itself here."""
     flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
     return flat.view(np.uint64) if flat.size % 8 == 0 else flat
-
-
-def _ref(value) -> TensorRef:
-    return value if isinstance(value, TensorRef) else TensorRef.of(value)

@@ -22,6 +22,7 @@ from .config import CLASSIFIER, CLASSIFY, PRETRAIN, MAEConfig, decoder_shapes
 TORCH, MINDSPORE = "torch", "mindspore"
 FRAMEWORKS = (TORCH, MINDSPORE)
 GRAPH, PYNATIVE = "graph", "pynative"  # MindSpore's execution modes; the torch twin has one
+MODES = (GRAPH, PYNATIVE)
 _ADAPTERS = {TORCH: "maeconv.models.torch.twin", MINDSPORE: "maeconv.models.mindspore.twin"}
 
 

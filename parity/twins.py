@@ -29,14 +29,17 @@ CLASSIFY_TOLERANCES = {"logits": Tolerance(ABS, 1e-5)}
 GRADIENT_TOLERANCE = 1e-4  # per tensor: ||g_ms - g_torch|| / ||g_torch||
 
 
+def permutation_noise(rng: np.random.Generator, batch: int, length: int) -> np.ndarray:
+    """Mask noise whose rows are permutations of 0..length-1 over length: no two values tie, so
+    every argsort implementation keeps the same patches."""
+    return np.stack([rng.permutation(length) for _ in range(batch)]).astype(np.float32) / length
+
+
 def parity_inputs(config: MAEConfig, batch: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded images and noise. Each noise row is a permutation, so no two values tie and
-    every argsort implementation orders them the same."""
+    """Seeded images and permutation noise."""
     rng = np.random.default_rng(seed)
     images = rng.standard_normal((batch, config.in_chans, config.img_size, config.img_size)).astype(np.float32)
-    length = config.num_patches
-    noise = np.stack([rng.permutation(length) for _ in range(batch)]).astype(np.float32) / length
-    return images, noise
+    return images, permutation_noise(rng, batch, config.num_patches)
 
 
 def run_pretrain(model, framework: str, images: np.ndarray, noise: np.ndarray,

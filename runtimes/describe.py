@@ -1,71 +1,49 @@
-"""What `maeconv inspect` shows of an exported graph: the metadata maeconv recorded in it and the
-files it is made of, read without loading its weights."""
+"""What `maeconv inspect` shows: of a checkpoint, its format, names and kind (convert.pipeline);
+of an exported graph, the metadata maeconv recorded in it and the files it is made of, read
+without loading its weights."""
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
 
-from ..convert.errors import MaeconvError
-from .runners import MINDIR, ONNX, runtime_of
+from ..convert.pipeline import describe as describe_checkpoint
+from ..errors import MaeconvError
+from .registry import EXPORTED, check_weight_files, get_runtime, runtime_of
 from .tasks import read_metadata
 
 
-def graph_metadata(path: Path, runtime: str) -> dict[str, str]:
-    if runtime == ONNX:
-        import onnx
+def describe(source: str | os.PathLike, scheme: str | None = None) -> dict:
+    """`scheme`: the naming scheme of a checkpoint, when detection should not decide. A graph
+    maeconv did not export is described by the checkpoint reader, which says what the file is."""
+    if _is_maeconv_graph(Path(source)):
+        return describe_graph(source)
+    return describe_checkpoint(source, scheme)
 
-        try:
-            model = onnx.load(str(path), load_external_data=False)
-        except Exception as error:  # protobuf's DecodeError and friends
-            raise MaeconvError(f"{path}: not a readable ONNX model ({str(error).strip() or type(error).__name__})") \
-                from None
-        return {p.key: p.value for p in model.metadata_props}
-    from .ascend.mindir import mindir_metadata
 
+def _is_maeconv_graph(path: Path) -> bool:
+    runtime = get_runtime(runtime_of(path))
+    if not runtime.exported or not path.is_file():
+        return False
     try:
-        return mindir_metadata(path)
-    except Exception as error:
-        raise MaeconvError(f"{path}: not a readable MindIR file ({str(error).strip() or type(error).__name__})") \
-            from None
-
-
-def weight_files(path: Path, runtime: str) -> list[str]:
-    """The files beside the graph that it names as holding its weights (none when it holds them)."""
-    if runtime == ONNX:
-        from .onnx.export import external_data
-
-        return external_data(path)
-    from .ascend.mindir import mindir_variables
-
-    return mindir_variables(path)
-
-
-def check_weight_files(path: Path, runtime: str) -> list[Path]:
-    """The files holding the graph's weights, by the names the graph records (so a renamed graph
-    still finds them); one whose weights were not moved with it fails here, in one line, not
-    deep inside a runtime."""
-    named = [path.parent / name for name in weight_files(path, runtime)]
-    missing = [f for f in named if not f.is_file()]
-    if missing:
-        raise MaeconvError(f"{path}: its weights are in {missing[0].relative_to(path.parent)}, which is not "
-                           "beside it (the files of an export are copied and moved together)")
-    return named
+        return "maeconv.task" in runtime.hooks.file_metadata(path)
+    except MaeconvError:
+        return False
 
 
 def describe_graph(source: str | os.PathLike) -> dict:
     path = Path(source)
-    runtime = runtime_of(path)
-    if runtime not in (ONNX, MINDIR):
-        raise MaeconvError(f"{path}: not an exported graph (.onnx or .mindir)")
+    runtime = get_runtime(runtime_of(path))
+    if not runtime.exported:
+        raise MaeconvError(f"{path}: not an exported graph ({' or '.join(get_runtime(name).suffix for name in EXPORTED)})")
     if not path.is_file():
         raise MaeconvError(f"{path}: no such file")
-    meta = graph_metadata(path, runtime)
+    meta = runtime.hooks.file_metadata(path)
     info = read_metadata(meta, str(path))
-    files = [path, *check_weight_files(path, runtime)]
+    files = [path, *check_weight_files(path, runtime.name)]
     described = {
         "file": str(path),
-        "format": runtime,
+        "format": runtime.name,
         "task": info.task.name,
         "preset": info.preset,
         "kind": info.kind,

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from ..convert.errors import MaeconvError
+from ..errors import MaeconvError
 
 CHUNK = 64 << 20
 # Where a tensor's bytes are: (file relative to the graph's folder, offset, length), or None.

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from typing import Callable
 
-from ..convert.errors import MaeconvError
+from ..errors import MaeconvError
 
 LOG, DONE, ERROR = "log", "done", "error"
 CHILD = "import sys; from maeconv.runtimes.isolate import child_main; child_main(int(sys.argv[1]))"

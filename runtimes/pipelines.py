@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,7 +22,8 @@ from ..errors import MaeconvError
 from ..models.config import CLASSIFIER, CLASSIFY, ENCODER, FULL, PRETRAIN, get_preset
 from ..models.reference import patchify
 from .images import prepare_image, reconstruction_panels
-from .runners import MINDIR, ONNX, Runner, open_graph, runtime_of
+from .registry import get_runtime, open_graph, runtime_of
+from .runners import Runner
 from .tasks import FEATURES, get_task
 
 MASKED_IMAGE_MODELING, IMAGE_CLASSIFICATION, FEATURE_EXTRACTION = (
@@ -34,13 +36,39 @@ IMAGENET_CLASSES = Path(__file__).with_name("imagenet_classes.tsv")  # WordNet n
 
 @dataclass
 class Reconstruction:
-    """What masked image modeling gives for one image."""
+    """What masked image modeling gives for one image; its pictures are drawn when first asked for."""
 
     loss: float                # the masked-patch loss of this image
     mask: np.ndarray           # (L,) 0 kept, 1 removed, in patch order
-    reconstruction: Any        # PIL images: the model's prediction of every patch,
-    pasted: Any                # the prediction with the visible patches pasted back,
-    picture: Any               # and the 4 panels original | masked | reconstruction | pasted
+    image: np.ndarray          # the preprocessed input (3, S, S)
+    pred: np.ndarray           # the model's prediction per patch (L, p*p*3)
+    config: Any
+
+    @cached_property
+    def panels(self) -> list[np.ndarray]:
+        """original, masked, reconstruction, reconstruction + visible: (S, S, 3) uint8 each."""
+        return reconstruction_panels(self.image, self.pred, self.mask, self.config, self.config.norm_pix_loss)
+
+    @property
+    def reconstruction(self):
+        """The model's prediction of every patch, as a PIL image."""
+        return _pil(self.panels[2])
+
+    @property
+    def pasted(self):
+        """The prediction with the visible patches pasted back, as a PIL image."""
+        return _pil(self.panels[3])
+
+    @property
+    def picture(self):
+        """The 4 panels original | masked | reconstruction | pasted, as the MAE demo shows them."""
+        return _pil(np.concatenate(self.panels, axis=1))
+
+
+def _pil(pixels: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(pixels)
 
 
 @dataclass
@@ -104,13 +132,7 @@ class Pipeline:
         return [(self.labels[k] if self.labels else int(k), float(probabilities[k])) for k in top]
 
     def _reconstruction(self, image: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> Reconstruction:
-        from PIL import Image
-
-        config = self.config
-        panels = reconstruction_panels(image, pred, mask, config, config.norm_pix_loss)
-        return Reconstruction(sample_loss(image, pred, mask, config), mask,
-                              Image.fromarray(panels[2]), Image.fromarray(panels[3]),
-                              Image.fromarray(np.concatenate(panels, axis=1)))
+        return Reconstruction(sample_loss(image, pred, mask, self.config), mask, image, pred, self.config)
 
 
 def sample_loss(image: np.ndarray, pred: np.ndarray, mask: np.ndarray, config) -> float:
@@ -147,7 +169,7 @@ def open_runner(model, task: str | None, runtime: str | None, settings: dict | N
     given = {name: value for name, value in (settings or {}).items() if value is not None}
     implied = runtime_of(model)
     runtime = runtime or implied
-    if runtime in (ONNX, MINDIR) or implied in (ONNX, MINDIR):
+    if get_runtime(runtime).exported or get_runtime(implied).exported:
         return _graph_runner(Path(model), task, runtime, implied, given)
     if _is_preset(model):
         return _fresh_runner(str(model), task, runtime, given)
@@ -166,7 +188,7 @@ NATURAL_TASKS = {FULL: PRETRAIN, CLASSIFIER: CLASSIFY, ENCODER: FEATURES}
 
 def _graph_runner(model: Path, task: str | None, runtime: str, implied: str, given: dict) -> Runner:
     if implied != runtime:
-        raise MaeconvError(f"{model}: is an exported graph; run it with runtime {implied}" if implied in (ONNX, MINDIR)
+        raise MaeconvError(f"{model}: is an exported graph; run it with runtime {implied}" if get_runtime(implied).exported
                            else f"{model}: runtime {runtime} runs an exported .{runtime} file; export the checkpoint "
                                 f"first: maeconv export {runtime} {model} OUT.{runtime} --task {task or PRETRAIN}")
     if given:

@@ -12,7 +12,7 @@ from ..errors import MaeconvError
 from ..convert.outputs import check_target, staged
 from ..models.config import ENCODER
 from .images import save_png
-from .runners import MINDIR, ONNX, runtime_of
+from .registry import is_exported
 from .pipelines import FEATURE_EXTRACTION, IMAGE_CLASSIFICATION, MASKED_IMAGE_MODELING, Pipeline, pipeline
 
 PICTURE_SUFFIX = "_mae.png"
@@ -40,7 +40,7 @@ def predict(model: str | os.PathLike, images: Sequence[str | os.PathLike], runti
     task = pipeline(None, model, runtime=runtime, **(settings or {}))
     if task.task == FEATURE_EXTRACTION:
         raise MaeconvError(f"{model}: is a features graph; predict needs a pretrain or classify graph"
-                           if task.runner.info.kind != ENCODER or runtime_of(model) in (ONNX, MINDIR) else
+                           if task.runner.info.kind != ENCODER or is_exported(model) else
                            f"{model}: holds the encoder only (no decoder), so there is nothing to reconstruct; for "
                            "embeddings export it with --task features, or use maeconv.pipeline('feature_extraction')")
     _check_labels(labels, labels_source, task.task, task.config.num_classes, model)

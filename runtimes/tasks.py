@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import MaeconvError
 from ..models.config import CLASSIFIER, CLASSIFY, ENCODER, FULL, PRETRAIN, MAEConfig
 from ..parity.compare import ABS, EXACT, Tolerance
+from ..parity.twins import permutation_noise
 
 FEATURES = "features"
 
@@ -53,21 +54,12 @@ def input_shapes(task: Task, config: MAEConfig) -> dict[str, tuple]:
     return {name: shapes[name] for name in task.inputs}
 
 
-def output_shapes(task: Task, config: MAEConfig, kind: str) -> dict[str, tuple]:
-    length, dim = config.num_patches, config.embed_dim
-    shapes = {"loss": (), "pred": ("N", length, config.patch_dim), "mask": ("N", length),
-              "tokens": ("N", 1 + length, dim), "pooled": ("N", dim), "logits": ("N", config.num_classes)}
-    return {name: shapes[name] for name in task.outputs}
-
-
 def random_inputs(task: Task, config: MAEConfig, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Standard-normal images and, where the task masks, noise rows that are permutations:
-    no two values tie, so every argsort implementation keeps the same patches."""
+    """Standard-normal images and, where the task masks, permutation noise."""
     size = config.img_size
     inputs = {"images": rng.standard_normal((batch, config.in_chans, size, size)).astype(np.float32)}
     if "noise" in task.inputs:
-        length = config.num_patches
-        inputs["noise"] = (np.stack([rng.permutation(length) for _ in range(batch)]) / length).astype(np.float32)
+        inputs["noise"] = permutation_noise(rng, batch, config.num_patches)
     return inputs
 
 

@@ -16,7 +16,6 @@ from .runners import Runner
 from .tasks import random_inputs, tolerances
 
 BATCHES = (1, 4)  # the export traces batch 2: both differ from it, one is the single-image case
-DEFAULT_ATOL = {"onnx": 1e-4, "mindir": 1e-5}
 MIN_COSINE = 0.99
 MIN_TOP1 = 0.75
 HALF_LOSS_REL = 1e-2  # a half-precision pretrain graph's scalar loss: cosine says nothing of a scalar

@@ -48,6 +48,6 @@ def save_official(path, state, with_args=True):
 
 def run_cli(*args, catch_exceptions: bool = True):
     """`maeconv ARGS...` in this process, as click runs it (stdout and stderr apart)."""
-    from maeconv.convert.cli import cli
+    from maeconv.cli import cli
 
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=catch_exceptions)

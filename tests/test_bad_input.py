@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from maeconv.convert.cli import cli
+from maeconv.cli import cli
 
 from helpers import save_official
 
@@ -121,7 +121,7 @@ def test_output_into_missing_directory(tmp_path, tiny_pth):
 
 
 def test_console_script_prints_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "maeconv.convert.cli", "inspect", str(tmp_path / "gone.pth")],
+    result = subprocess.run([sys.executable, "-m", "maeconv", "inspect", str(tmp_path / "gone.pth")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip() == f"Error: {tmp_path / 'gone.pth'}: no such file"
@@ -163,7 +163,7 @@ def test_full_disk_leaves_nothing_behind(tmp_path, tiny_pth):
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 
     before = _snapshot(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "maeconv.convert.cli", "torch2ms", str(tiny_pth),
+    result = subprocess.run([sys.executable, "-m", "maeconv", "torch2ms", str(tiny_pth),
                              str(tmp_path / "out.ckpt")], capture_output=True, text=True, timeout=120,
                             preexec_fn=limit_file_size)
     assert result.returncode == 1

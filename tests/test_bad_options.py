@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from maeconv.convert.cli import cli
+from maeconv.cli import cli
 
 from helpers import TINY, TINY_CLS, kind_state, save_official, seeded_state
 

@@ -124,7 +124,7 @@ def test_parity_failure_exits_non_zero(tiny_pth, monkeypatch):
 
 
 def test_console_script_demo_runs_tiny(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "maeconv.convert.cli", "demo", "--preset", TINY,
+    result = subprocess.run([sys.executable, "-m", "maeconv", "demo", "--preset", TINY,
                              "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "all bit-identical" in result.stdout and "result: PASS" in result.stdout

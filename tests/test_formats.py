@@ -294,7 +294,7 @@ def test_maeconv_works_where_the_c_library_cannot_be_loaded(tmp_path, tiny_pth):
                             timeout=120)
     assert result.returncode == 0, result.stderr
     back = tmp_path / "back.pth"
-    assert subprocess.run([sys.executable, "-m", "maeconv.convert.cli", "ms2torch", str(out), str(back)],
+    assert subprocess.run([sys.executable, "-m", "maeconv", "ms2torch", str(out), str(back)],
                           capture_output=True, timeout=120).returncode == 0
     expected, actual = read_checkpoint(tiny_pth).tensors, read_checkpoint(back).tensors
     assert all(actual[name].load().tobytes() == ref.load().tobytes() for name, ref in expected.items())

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from maeconv.convert.cli import cli
+from maeconv.cli import cli
 from maeconv.errors import MaeconvError
 from maeconv.convert.formats import torchpickle
 from maeconv.convert.pipeline import load_canonical

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from maeconv.convert import outputs
-from maeconv.convert.cli import cli
+from maeconv.cli import cli
 from maeconv.runtimes import runners
-from maeconv.runtimes.runners import open_graph
+from maeconv.runtimes.registry import open_graph
 from maeconv.runtimes.tasks import TASKS, random_inputs
 
 from helpers import TINY_CLS, save_official, seeded_state
@@ -107,10 +107,10 @@ def test_a_failure_while_renaming_the_set_puts_everything_back(split, classifier
     before = {p: p.read_bytes() for p in tmp_path.iterdir()}
     real = outputs._rename
 
-    def failing(source, destination, replace):
+    def failing(source, destination):
         if destination.name == "h.onnx" and source.parent.name.startswith(".maeconv-"):  # the new main file
             raise OSError(28, "No space left on device", str(destination))
-        real(source, destination, replace)
+        real(source, destination)
 
     monkeypatch.setattr(outputs, "_rename", failing)
     result = run("export", "onnx", classifier, tmp_path / "h.onnx", "--task", "features", "--force")
@@ -198,7 +198,7 @@ def test_isolated_export_reports_progress_and_validates(classifier, tmp_path, mo
 
 @pytest.mark.slow
 def test_an_error_in_the_child_comes_back_as_one_line_naming_the_output(tmp_path):
-    from maeconv.convert.errors import MaeconvError
+    from maeconv.errors import MaeconvError
     from maeconv.runtimes.export import SourceJob, write_from_twin
     from maeconv.runtimes.isolate import run_in_child
 

@@ -186,7 +186,7 @@ def test_rename_without_replacing_is_exclusive(tmp_path):
 SLOW_CONVERSION = textwrap.dedent("""
     import sys, time
     from maeconv.convert import writers
-    from maeconv.convert.cli import main
+    from maeconv.cli import main
     original = writers.write_verified
     def slow(*args, **kwargs):
         original(*args, **kwargs)

@@ -11,7 +11,8 @@ from maeconv.models import get_config, reference
 from maeconv.parity.compare import ABS, EXACT, Tolerance, compare
 from maeconv.runtimes.images import IMAGENET_MEAN, IMAGENET_STD, eval_transform, prepare_image, reconstruction_picture, \
     to_pixels
-from maeconv.runtimes.runners import open_graph, twin_runner
+from maeconv.runtimes.registry import open_graph
+from maeconv.runtimes.runners import twin_runner
 from maeconv.runtimes.tasks import TASKS, random_inputs
 
 from helpers import run_cli as run, TINY, TINY_CLS, kind_state, save_official, seeded_state

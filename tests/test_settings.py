@@ -146,7 +146,7 @@ def test_a_setting_nobody_records_is_the_presets(tmp_path, tiny_state):
 
 @pytest.mark.parametrize("runtime", ["onnx", "mindir"])
 def test_exports_are_built_with_the_files_settings(tmp_path, hf_dir, runtime):
-    from maeconv.runtimes.runners import open_graph
+    from maeconv.runtimes.registry import open_graph
 
     source = hf_dir(**ODD)
     out = tmp_path / f"f.{runtime}"

@@ -4,7 +4,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from maeconv.convert.cli import cli
+from maeconv.cli import cli
 from maeconv.models import get_config, reference
 from maeconv.parity.compare import compare
 from maeconv.parity.twins import PRETRAIN_TOLERANCES, parity_inputs

@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from maeconv.convert.formats import read_checkpoint
-from maeconv.convert.cli import cli
+from maeconv.cli import cli
 from maeconv.errors import MaeconvError
 from maeconv.convert.formats import ckpt, safetensors as st_format
 

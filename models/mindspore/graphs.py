@@ -48,7 +48,7 @@ GRAPHS = {"pretrain": PretrainGraph, "features": FeaturesGraph, "classify": Clas
 
 
 class HalfGraph(nn.Cell):
-    """Mirrors runtimes/onnx/graphs.py's HalfGraph: weights and arithmetic in `dtype`, the images
+    """Mirrors models/torch/graphs.py's HalfGraph: weights and arithmetic in `dtype`, the images
     cast in, every output cast out to float32, the noise left in float32."""
 
     def __init__(self, graph: nn.Cell, dtype):

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Mapping
 
 from ...errors import MaeconvError, first_line
-from ...convert.outputs import remove_written
-from ..runners import MindSporeRunner, mindir_prefix
+from ...convert.outputs import Companion, Target, remove_written
+from ..runners import Runner
 from ..tasks import Task, input_shapes, read_metadata
 
 
@@ -71,7 +72,13 @@ def _inline_variables(path: Path) -> None:
         remove_written(path.parent / Path(data).parent)
 
 
-class MindIRRunner(MindSporeRunner):
+class MindIRRunner(Runner):
+    """A GraphCell of a loaded MindIR file."""
+
+    def __init__(self, info, cell, name: str):
+        super().__init__(info, name)
+        self.cell = cell
+
     @classmethod
     def open(cls, path: str | os.PathLike) -> "MindIRRunner":
         import mindspore as ms
@@ -84,10 +91,16 @@ class MindIRRunner(MindSporeRunner):
         except MaeconvError:
             raise
         except Exception as error:
-            first = first_line(error)
-            raise MaeconvError(f"{path}: not a readable MindIR file ({first})") from None
+            raise MaeconvError(f"{path}: not a readable MindIR file ({first_line(error)})") from None
         precision = meta.get("maeconv.precision", "fp32")
         return cls(info, cell, "MindIR GraphCell" + ("" if precision == "fp32" else f" {precision}"))
+
+    def __call__(self, inputs):
+        import mindspore as ms
+
+        outputs = self.cell(*map(ms.Tensor, self._ordered(inputs)))
+        outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+        return self._named(t.asnumpy() for t in outputs)
 
 
 def mindir_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -103,3 +116,46 @@ def mindir_variables(path: str | os.PathLike) -> list[str]:
 
     graph = ms.load_mindir(str(path)).graph
     return sorted({param.external_data.location for param in graph.parameter if param.external_data.location})
+
+
+# --- hooks for the runtime registry (runtimes/registry.py) ---
+
+MINDIR_VARIABLES = re.compile(r"data_\d+")  # what mindspore.export writes in <name>_variables/
+
+
+def mindir_prefix(path: str | os.PathLike) -> str:
+    """The name MindSpore gives a split model's files: `h.mindir` -> `h_graph.mindir`, `h_variables/`."""
+    name = Path(path).name
+    return name[:-len(".mindir")] if name.endswith(".mindir") else name
+
+
+def target(path: Path) -> Target:
+    """`h.mindir` and, for large models, `h_variables/data_0...` (the graph keeps the name the user
+    gave: MindSpore finds the variables by the relative path recorded in it)."""
+    return Target(path, companions=(Companion(f"{mindir_prefix(path)}_variables", MINDIR_VARIABLES),))
+
+
+def write(source, tmp: Path, job, log) -> list[str]:
+    import mindspore as ms
+
+    from ...models.mindspore.graphs import HalfGraph
+
+    cell = source.graph if job.dtype == "fp32" else HalfGraph(source.graph, ms.float16)
+    log(f"exporting MindIR ({job.dtype})")
+    export_mindir(cell, source.info.task, source.info.config, tmp, job.info)
+    return []
+
+
+def load(path: Path, threads: int = 0) -> MindIRRunner:
+    return MindIRRunner.open(path)
+
+
+def file_metadata(path: Path) -> dict[str, str]:
+    try:
+        return mindir_metadata(path)
+    except Exception as error:
+        raise MaeconvError(f"{path}: not a readable MindIR file ({str(error).strip() or type(error).__name__})") \
+            from None
+
+
+weight_files = mindir_variables

@@ -15,7 +15,7 @@ import sys
 _here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
 
-from maeconv.convert.cli import train_main  # noqa: E402
+from maeconv.cli import train_main  # noqa: E402
 
 if __name__ == "__main__":
     train_main()

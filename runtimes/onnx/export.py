@@ -138,7 +138,3 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, per_channel: b
     props["maeconv.precision"] = INT8
     onnx.helper.set_model_props(model, props)
     onnx.save(model, str(dst))
-
-
-def onnx_file_note(path: str | os.PathLike) -> str:
-    return f"{Path(path).name}: ONNX opset {OPSET}, batch axis dynamic"

@@ -70,15 +70,15 @@ def main() -> None:
         build_checkpoint(source, args.preset)
         size = source.stat().st_size
         converted = work / "source.ckpt"  # the way back starts from maeconv's own output
-        subprocess.run([sys.executable, "-m", "maeconv.convert.cli", "torch2ms", str(source), str(converted)],
+        subprocess.run([sys.executable, "-m", "maeconv", "torch2ms", str(source), str(converted)],
                        check=True, capture_output=True)
         commands = {
             "cp": ["cp", str(source), str(work / "copy.pth")],
             # a copy that is also read back and compared, with the standard tools
             "cp + cmp": ["sh", "-c", f"cp {source} {work / 'copy.pth'} && cmp {source} {work / 'copy.pth'}"],
-            "maeconv torch2ms": [sys.executable, "-m", "maeconv.convert.cli", "torch2ms", str(source),
+            "maeconv torch2ms": [sys.executable, "-m", "maeconv", "torch2ms", str(source),
                                  str(work / "maeconv.ckpt")],
-            "maeconv ms2torch (the way back)": [sys.executable, "-m", "maeconv.convert.cli", "ms2torch",
+            "maeconv ms2torch (the way back)": [sys.executable, "-m", "maeconv", "ms2torch",
                                                 str(converted), str(work / "back.pth")],
         }
         if not args.skip_naive:

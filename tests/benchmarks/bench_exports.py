@@ -74,7 +74,7 @@ def run_cell(work: Path, size: str, task: str, runtime: str, dtype: str, keep: b
     out_dir = work / f"{size}_{task}_{runtime}"
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir()
-    maeconv = [sys.executable, "-c", "from maeconv.convert.cli import main; main()"]
+    maeconv = [sys.executable, "-c", "from maeconv.cli import main; main()"]
     command = [*maeconv, "export", runtime, str(source), str(out_dir / SUFFIX[runtime]), "--task", task,
                "--dtype", dtype, "--seed", "0"]
     seconds, peak, code, tail = measure(command)

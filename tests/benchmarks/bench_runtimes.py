@@ -31,7 +31,8 @@ from maeconv.convert.twins import create_model  # noqa: E402
 from maeconv.models import get_preset  # noqa: E402
 from maeconv.runtimes.export import export  # noqa: E402
 from maeconv.runtimes.onnx.session import OnnxRunner  # noqa: E402
-from maeconv.runtimes.runners import open_graph, twin_runner  # noqa: E402
+from maeconv.runtimes.registry import open_graph
+from maeconv.runtimes.runners import twin_runner  # noqa: E402
 from maeconv.runtimes.tasks import TASKS  # noqa: E402
 
 ENCODER = "mae_vit_base_patch16"
