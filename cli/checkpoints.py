@@ -106,7 +106,8 @@ _short_form("ms2torch", TORCH, "Convert a MindSpore .ckpt to a PyTorch checkpoin
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), help="Cast floating-point tensors.")
 @click.option("--img-size", type=click.IntRange(1, MAX_IMG_SIZE),
               help="Resize pos_embed for another resolution (bicubic); a multiple of the patch size.")
-@click.option("--kind", type=click.Choice(["classifier"]), help="Make a fine-tuning initialisation.")
+@click.option("--kind", type=click.Choice(["classifier", "encoder"]),
+              help="classifier: make a fine-tuning initialisation; encoder: leave a full checkpoint's decoder out.")
 @click.option("--fc-norm-from-norm", is_flag=True, help="With --kind classifier: fc_norm copies the final norm.")
 @click.option("--keep-optimizer", is_flag=True, help="Carry optimizer state where the target can hold it.")
 @with_settings

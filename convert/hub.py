@@ -1,6 +1,7 @@
-"""The official MAE checkpoints by name: downloaded with resume into a cache that only ever holds
-complete files, checked by md5 prefix (where published) and by parsing as the expected preset and
-kind; the close official names for a mistyped one."""
+"""The official MAE checkpoints by name (facebookresearch/mae's, MindFormers' and MindCV's):
+downloaded with resume into a cache that only ever holds complete files, checked by md5 or sha256
+prefix (where published) and by parsing as the expected preset and kind; the close official names
+for a mistyped one."""
 from __future__ import annotations
 
 import difflib
@@ -24,10 +25,12 @@ BASE_URL = "https://dl.fbaipublicfiles.com/mae"
 
 @dataclass(frozen=True)
 class Official:
-    path: str                # under BASE_URL
+    path: str                # under `base`
     md5_prefix: str | None   # as published beside the links; None where none is published
     preset: str
     kind: str
+    base: str = BASE_URL     # the publisher's download root (MAECONV_BASE_URL replaces it: a mirror)
+    sha256_prefix: str | None = None  # as the publisher names its files (MindCV: <name>-<sha256[:8]>.ckpt)
 
 
 # md5 prefixes as published beside the official links (pretrained and fine-tuned tables).
@@ -46,8 +49,17 @@ for _size, _arch in ARCHITECTURES.items():
         f"mae_finetuned_vit_{_size}": Official(f"finetune/mae_finetuned_vit_{_size}.pth", FINETUNED_MD5[_size],
                                                _arch, CLASSIFIER),
     })
-# MindFormers' model card names the base encoder after its preset.
-CHECKPOINTS["mae_vit_base_p16"] = CHECKPOINTS["mae_pretrain_vit_base"]
+# MindFormers' own file (its model card's link; MindFormerBook's 'mae_vit_base_p16'): the base
+# encoder, converted from mae_pretrain_vit_base.pth by MindFormers' convert_weight.py. No checksum
+# is published.
+MINDFORMERS_BASE_URL = "https://ascend-repo-modelzoo.obs.cn-east-2.myhuaweicloud.com"
+CHECKPOINTS["mae_vit_base_p16"] = Official("XFormer_for_mindspore/mae/mae_vit_base_p16.ckpt", None,
+                                           "mae_vit_base_patch16", ENCODER, base=MINDFORMERS_BASE_URL)
+# MindCV's fine-tuned ViT-B (mindcv.models.mae, default_cfgs), named with its sha256 prefix.
+MINDCV_BASE_URL = "https://download.mindspore.cn/toolkits"
+CHECKPOINTS["mae_b_16_224_finetune"] = Official("mindcv/mae/mae_b_16_224_finetune-cc05b899.ckpt", None,
+                                                "vit_base_patch16", CLASSIFIER, base=MINDCV_BASE_URL,
+                                                sha256_prefix="cc05b899")
 
 
 # How alike (difflib ratio) a typed name must be to an official one to be offered, and how far
@@ -61,7 +73,8 @@ def cache_dir() -> Path:
 
 
 def url_of(name: str) -> str:
-    return f"{os.environ.get('MAECONV_BASE_URL', BASE_URL).rstrip('/')}/{CHECKPOINTS[name].path}"
+    entry = CHECKPOINTS[name]
+    return f"{os.environ.get('MAECONV_BASE_URL', entry.base).rstrip('/')}/{entry.path}"
 
 
 def close_names(source: str) -> list[str]:
@@ -89,7 +102,10 @@ def did_you_mean(source: str) -> str:
 
 
 def md5_of(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
+    return digest_of(path, hashlib.md5(usedforsecurity=False))
+
+
+def digest_of(path: Path, digest) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
@@ -183,11 +199,12 @@ def _download_verified(url: str, entry: Official, identify: Identify, out: Binar
 
 def _verify(partial: Path, entry: Official, identify: Identify) -> None:
     """The downloaded file is the entry: its published md5 prefix, and it parses as its preset and kind."""
-    if entry.md5_prefix:
-        digest = md5_of(partial)
-        if not digest.startswith(entry.md5_prefix):
-            raise DownloadError(f"md5 {digest[:6]}... does not match the published {entry.md5_prefix}",
-                                drop=True)
+    for algorithm, prefix in (("md5", entry.md5_prefix), ("sha256", entry.sha256_prefix)):
+        if prefix:
+            digest = digest_of(partial, hashlib.new(algorithm, usedforsecurity=False))
+            if not digest.startswith(prefix):
+                raise DownloadError(f"{algorithm} {digest[:len(prefix)]}... does not match the published {prefix}",
+                                    drop=True)
     try:
         preset, kind = identify(partial)
     except MaeconvError as error:

@@ -19,13 +19,14 @@ from .detect import Detected, detect
 from ..errors import MaeconvError
 from .formats import FORMATS, Checkpoint, Format, format_of_output, read_checkpoint
 from .outputs import Target, check_target
-from .schemes import (HF, SCHEMES, MappingError, Scheme, Step, apply_from_canonical, apply_to_canonical, get_scheme,
-                      is_training_state, scheme_of_format)
+from .schemes import (HF, REFUSED_KINDS, SCHEMES, MappingError, Scheme, Step, apply_from_canonical,
+                      apply_to_canonical, get_scheme, is_training_state, scheme_of_format)
 from .settings import BY_NAME, Resolved, recorded_settings, resolve_settings, settings_record
 from .tensors import TensorRef
 
-# What torch training checkpoints hold beside 'model' that is optimizer state, not model.
-TORCH_TRAINING_EXTRAS = ("optimizer", "scaler", "lr_scheduler")
+# What torch training checkpoints hold beside 'model' that is optimizer state, not model (mmengine's
+# runner keeps its schedulers and message hub at the top level too).
+TORCH_TRAINING_EXTRAS = ("optimizer", "scaler", "lr_scheduler", "param_schedulers", "message_hub")
 
 
 @dataclass
@@ -85,7 +86,7 @@ def load_canonical(source: str | os.PathLike, scheme: str | None = None, allow_u
     path = resolve(source, log)
     checkpoint = read_checkpoint(path)
     skipped = [name for name in checkpoint.tensors if is_training_state(name)]
-    skipped += [key for key in TORCH_TRAINING_EXTRAS if key in checkpoint.extras]
+    skipped += [str(key) for key in checkpoint.extras if key in TORCH_TRAINING_EXTRAS]
     names = [name for name in checkpoint.tensors if not is_training_state(name)]
     candidates = [get_scheme(scheme)] if scheme else _candidate_schemes(checkpoint.format)
     failures = []
@@ -99,10 +100,23 @@ def load_canonical(source: str | os.PathLike, scheme: str | None = None, allow_u
         return loaded
     if len(failures) == 1:
         raise MaeconvError(f"{path}: {failures[0][1]}")
-    # The scheme that got furthest (mapped every name) explains best what is wrong.
-    mapped = [f for f in failures if "match no preset" in f[1]]
-    best = (mapped or failures)[0]
+    best = _best_failure(failures, names)
     raise MaeconvError(f"{path}: names fit no naming scheme as a whole; as {best[0].name}: {best[1]}")
+
+
+def _best_failure(failures: list[tuple[Scheme, str]], names: list[str]) -> tuple[Scheme, str]:
+    """The failure that explains best what is wrong: that of the scheme whose own rules recognise
+    most of the names as its own spelling of another canonical name (passing names through, or
+    spelling them as the canonical scheme does, tells nothing), then of one that mapped every name
+    and got as far as the presets; the earlier candidate among equals."""
+    def own(scheme: Scheme, name: str) -> bool:
+        found = scheme.match_foreign(name)
+        return found is not None and found[1] != name
+
+    def score(failure: tuple[Scheme, str]) -> tuple[int, bool]:
+        scheme, message = failure
+        return sum(own(scheme, n) for n in names), "match no preset" in message
+    return max(failures, key=score)
 
 
 def _candidate_schemes(fmt: str) -> list[Scheme]:
@@ -186,7 +200,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, fmt: str | No
     target = get_scheme(options.scheme) if options.scheme else scheme_of_format(output_format.name)
     if output_format.folder_members is not None and target is not HF:
         raise MaeconvError(f"{dst}: a Hugging Face directory holds hf names, not {target.name}")
-    changed = transforms.apply(loaded, options)
+    changed = transforms.apply(loaded, options, target)
+    refused = REFUSED_KINDS.get((options.scheme, changed.detected.kind))
+    if refused:
+        raise MaeconvError(f"{dst}: --to {options.scheme}: {refused}")
     recorded = {k: v for k, v in loaded.recorded.items() if k != "img_size"}  # the weights fix it
     settings = resolve_settings(changed.detected.config, recorded, str(loaded.checkpoint.path), **options.settings)
     try:
@@ -197,7 +214,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, fmt: str | No
     carried = writers.carry_optimizer(loaded, target, output_format, changed.refs) if options.keep_optimizer else {}
     tensors.update(carried)
     detected = changed.detected
-    done = Conversion(Path(src), dst, output_format.name, target.name, detected.preset, detected.kind, len(tensors),
+    shown = options.scheme if options.scheme in target.aliases else target.name  # --to mindcv: as asked
+    done = Conversion(Path(src), dst, output_format.name, shown, detected.preset, detected.kind, len(tensors),
                       len(loaded.skipped), _notes(loaded, options, changed, carried),
                       mapping=mapping_table(loaded, plan, changed.refs))
     if options.dry_run:
@@ -212,7 +230,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None, fmt: str | No
 
 
 def _notes(loaded: Loaded, options: Options, changed, carried: dict) -> list[str]:
-    notes = []
+    notes = list(loaded.checkpoint.notes)
     if loaded.skipped and not options.keep_optimizer:
         notes.append(f"skipped {len(loaded.skipped)} optimizer/training-state entries (not part of the model)")
     if loaded.unmapped:
@@ -246,6 +264,7 @@ def describe(source: str | os.PathLike, scheme: str | None = None) -> dict:
         "file": str(loaded.checkpoint.path),
         "format": loaded.checkpoint.format,
         "scheme": loaded.scheme.name,
+        "same_names_as": list(loaded.scheme.aliases),  # other libraries whose files use these names
         "kind": loaded.detected.kind,
         "preset": loaded.detected.preset,
         "img_size": loaded.detected.config.img_size,

@@ -12,12 +12,14 @@ set of module names.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ..models.config import FULL
 from .tensors import TensorRef, as_ref
 
 PLACEHOLDERS = {
@@ -70,6 +72,7 @@ class Rule:
         object.__setattr__(self, "read_also", tuple(as_tuple(names) for names in self.read_also))
 
 
+@functools.lru_cache(maxsize=None)
 def _compile(pattern: str) -> re.Pattern:
     regex = re.escape(pattern)
     for key, alternatives in PLACEHOLDERS.items():
@@ -101,6 +104,16 @@ class Scheme:
     metadata_tag: str = "pt"         # the framework tag safetensors metadata carries ('format')
     # Names no rule matches are the same in this scheme as in the canonical one.
     passthrough: bool = False
+    # Other names for the same names: libraries whose files use them exactly (--to/--from take them).
+    aliases: tuple[str, ...] = ()
+    # Where its torch files keep the state dict and the settings maeconv records ('args' holds the
+    # reference's argparse names; 'meta' a maeconv.settings string, as OpenMMLab keeps its meta).
+    torch_keys: tuple[str, str] = ("model", "args")
+    # Canonical patterns --dtype fp16/bf16 casts in this scheme's files; every other floating tensor
+    # stays float32 (the library builds it float32 whatever its parameter precision). None: all.
+    low_precision: tuple[str, ...] | None = None
+    # Where its rules were checked against the library's own source (README's scheme table).
+    verified: str = ""
     _compiled: list = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -108,6 +121,11 @@ class Scheme:
         """Optimizer moments stored as <prefix><parameter name> (MindSpore's adam_m./adam_v.)."""
         return tuple(prefix for prefix in self.training_prefixes if prefix in MOMENT_PREFIXES)
 
+    def casts(self, canonical_name: str) -> bool:
+        """Whether --dtype fp16/bf16 casts this canonical tensor in this scheme's files."""
+        if self.low_precision is None:
+            return True
+        return any(_compile(pattern).match(canonical_name) for pattern in self.low_precision)
 
     def _patterns(self):
         if self._compiled is None:
@@ -239,11 +257,13 @@ FACEBOOK = Scheme(
     framework="torch",
     formats=("torch", "safetensors"),
     passthrough=True,
+    aliases=("timm",),
+    verified="facebookresearch/mae models_mae.py, models_vit.py; timm vision_transformer.py (vit_*.mae)",
 )
 
 MINDSPORE = Scheme(
     "mindspore",
-    "maeconv's MindSpore twin: canonical names, but nn.LayerNorm's gamma/beta",
+    "maeconv's MindSpore twin and MindCV (mindcv.models.mae): canonical names, but nn.LayerNorm's gamma/beta",
     rules=(
         Rule("{blocks}.{n}.{ln}.weight", "{blocks}.{n}.{ln}.gamma"),
         Rule("{blocks}.{n}.{ln}.bias", "{blocks}.{n}.{ln}.beta"),
@@ -255,6 +275,8 @@ MINDSPORE = Scheme(
     training_prefixes=MINDSPORE_TRAINING,
     metadata_tag="ms",
     passthrough=True,
+    aliases=("mindcv",),
+    verified="models/mindspore (the twin); mindcv mindcv/models/mae.py, vit.py, layers/mlp.py, layers/patch_embed.py",
 )
 
 HF_BLOCK = (
@@ -289,6 +311,7 @@ HF = Scheme(
     ),
     framework="torch",
     formats=("hf-dir",),
+    verified="transformers models/vit_mae/modeling_vit_mae.py, loaded by transformers itself in the tests",
 )
 
 MINDFORMERS_BLOCK = (
@@ -305,8 +328,20 @@ MINDFORMERS_BLOCK = (
     ("mlp.fc2.bias", "output.projection.bias", RENAME),
 )
 
-# The decoder sits at the top level, without "vit." (MindFormers' own converter prefixed it,
-# so its decoder was never loaded).
+# The decoder sits at the top level, without "vit.". MindFormers' own convert_weight.py prefixed
+# every name with "vit." (so its model silently never loaded that decoder): read that too.
+MINDFORMERS_DECODER_READ_ALSO = "vit."
+# MindFormers builds only the blocks' Linear layers in param_init_type (float16 in its fp16 configs):
+# tokens, position tables, LayerNorms, the patch embedding, decoder_embed/decoder_pred and the head
+# are float32 parameters whatever it is, and MindSpore refuses to load a checkpoint whose dtypes differ.
+MINDFORMERS_LOW_PRECISION = tuple(f"{{blocks}}.{{n}}.{layer}.{{p}}"
+                                  for layer in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"))
+
+
+def _mindformers_decoder(canonical: str, foreign, transform=RENAME) -> Rule:
+    return Rule(canonical, foreign, transform, read_also=(MINDFORMERS_DECODER_READ_ALSO + foreign,))
+
+
 MINDFORMERS = Scheme(
     "mindformers",
     "MindFormers ViTMAEForPreTraining and ViT classifier (r0.6 to r1.5)",
@@ -320,21 +355,72 @@ MINDFORMERS = Scheme(
         Rule("fc_norm.weight", "vit.fc_norm.gamma"),
         Rule("fc_norm.bias", "vit.fc_norm.beta"),
         Rule("head.{p}", "head.{p}"),
-        Rule("mask_token", "mask_tokens"),
-        Rule("decoder_pos_embed", "decoder_pos_embed"),
-        Rule("decoder_embed.{p}", "decoder_embed.{p}"),
-        *block_rules("decoder_blocks.{n}", "decoder_blocks.{n}", MINDFORMERS_BLOCK),
-        Rule("decoder_norm.weight", "decoder_norm.gamma"),
-        Rule("decoder_norm.bias", "decoder_norm.beta"),
-        Rule("decoder_pred.{p}", "decoder_pred.{p}"),
+        _mindformers_decoder("mask_token", "mask_tokens"),
+        _mindformers_decoder("decoder_pos_embed", "decoder_pos_embed"),
+        _mindformers_decoder("decoder_embed.{p}", "decoder_embed.{p}"),
+        *block_rules("decoder_blocks.{n}", "decoder_blocks.{n}", MINDFORMERS_BLOCK,
+                     [MINDFORMERS_DECODER_READ_ALSO + "decoder_blocks.{n}"]),
+        _mindformers_decoder("decoder_norm.weight", "decoder_norm.gamma"),
+        _mindformers_decoder("decoder_norm.bias", "decoder_norm.beta"),
+        _mindformers_decoder("decoder_pred.{p}", "decoder_pred.{p}"),
     ),
     framework="mindspore",
     training_prefixes=MINDSPORE_TRAINING,
     metadata_tag="ms",
+    low_precision=MINDFORMERS_LOW_PRECISION,
+    verified="mindformers (the source before its 2025 removal) models/mae/mae.py, mae_modules.py, models/vit/vit.py, "
+             "vit_modules.py, convert_weight.py; loaded by MindFormers' own models (334/334, 200/200 names)",
 )
 
-SCHEMES: dict[str, Scheme] = {scheme.name: scheme for scheme in (FACEBOOK, HF, MINDFORMERS, MINDSPORE)}
-SCHEME_ALIASES = {"timm": "facebook"}
+# OpenMMLab (mmpretrain 1.x; mmselfsup): MAE's backbone MAEViT / VisionTransformer, its neck
+# MAEPretrainDecoder, the fine-tuned classifier's LinearClsHead. mmcv's FFN keeps fc1 as
+# layers.0.0 (Linear, activation, dropout) and fc2 as layers.1; norms are build_norm_layer's "ln"
+# names, so ln1 is a block's first norm, the backbone's final norm (absent in the fine-tuned
+# classifier, final_norm=False) and the decoder's norm. Whole names match, never parts. (mmselfsup
+# 0.x fine-tuned its classifiers under other names, backbone.fc_norm and head.head: not read.)
+OPENMMLAB_BLOCK = (
+    ("norm1.{p}", "ln1.{p}", RENAME),
+    ("attn.qkv.{p}", "attn.qkv.{p}", RENAME),
+    ("attn.proj.{p}", "attn.proj.{p}", RENAME),
+    ("norm2.{p}", "ln2.{p}", RENAME),
+    ("mlp.fc1.{p}", "ffn.layers.0.0.{p}", RENAME),
+    ("mlp.fc2.{p}", "ffn.layers.1.{p}", RENAME),
+)
+
+OPENMMLAB = Scheme(
+    "mmpretrain",
+    "OpenMMLab mmpretrain / mmselfsup MAE (backbone., neck., head. modules) and its fine-tuned ViT",
+    rules=(
+        Rule("cls_token", "backbone.cls_token"),
+        Rule("pos_embed", "backbone.pos_embed"),
+        Rule("patch_embed.proj.{p}", "backbone.patch_embed.projection.{p}"),
+        *block_rules("blocks.{n}", "backbone.layers.{n}", OPENMMLAB_BLOCK),
+        Rule("norm.{p}", "backbone.ln1.{p}"),
+        Rule("fc_norm.{p}", "backbone.ln2.{p}"),
+        Rule("head.{p}", "head.fc.{p}"),
+        Rule("mask_token", "neck.mask_token"),
+        Rule("decoder_pos_embed", "neck.decoder_pos_embed"),
+        Rule("decoder_embed.{p}", "neck.decoder_embed.{p}"),
+        *block_rules("decoder_blocks.{n}", "neck.decoder_blocks.{n}", OPENMMLAB_BLOCK),
+        Rule("decoder_norm.{p}", "neck.ln1.{p}"),
+        Rule("decoder_pred.{p}", "neck.decoder_pred.{p}"),
+    ),
+    framework="torch",
+    aliases=("openmmlab", "mmselfsup"),
+    torch_keys=("state_dict", "meta"),
+    verified="mmpretrain models/backbones/vision_transformer.py, models/selfsup/mae.py, models/necks/mae_neck.py, "
+             "models/heads/linear_head.py, configs/mae; mmselfsup 0.x and 1.x models/necks/mae_neck.py, "
+             "backbones/mae_vit.py (pretraining); mmcv cnn/bricks/transformer.py (FFN, PatchEmbed)",
+)
+
+SCHEMES: dict[str, Scheme] = {scheme.name: scheme for scheme in (FACEBOOK, HF, MINDFORMERS, MINDSPORE, OPENMMLAB)}
+SCHEME_ALIASES = {alias: scheme.name for scheme in SCHEMES.values() for alias in scheme.aliases}
+# What a scheme's library refuses to load, by the name a user gives it: (scheme or alias, kind) -> why.
+REFUSED_KINDS = {
+    ("timm", FULL): "timm refuses full MAE checkpoints (its ViT loader takes a top-level mask_token for "
+                      "DINOv2's and drops it, and has no decoder); write the encoder with --kind encoder "
+                      "(what timm's vit_*_patch*.mae models hold), or --to facebook for the full file",
+}
 
 
 # What MindSpore's training wrappers keep beside the model, by name.

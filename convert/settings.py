@@ -103,8 +103,8 @@ def recorded_settings(checkpoint, weights_config: MAEConfig) -> dict[str, Any]:
     if checkpoint.format == "hf-dir":
         recorded = parse_record(checkpoint.metadata, "name", f"{checkpoint.path / 'config.json'}:")
         _check_hf_architecture(checkpoint.metadata, weights_config, f"{checkpoint.path / 'config.json'}:")
-    elif RECORD_KEY in checkpoint.metadata or RECORD_KEY in checkpoint.extras:
-        text = checkpoint.metadata.get(RECORD_KEY, checkpoint.extras.get(RECORD_KEY))
+    elif RECORD_KEY in checkpoint.metadata or RECORD_KEY in checkpoint.extras or RECORD_KEY in _meta(checkpoint):
+        text = checkpoint.metadata.get(RECORD_KEY, checkpoint.extras.get(RECORD_KEY, _meta(checkpoint).get(RECORD_KEY)))
         recorded = parse_record(_json_object(text, f"{where} {RECORD_KEY}"), "name", f"{where} {RECORD_KEY}")
     elif "args" in checkpoint.extras:
         args = checkpoint.extras["args"]
@@ -117,6 +117,12 @@ def recorded_settings(checkpoint, weights_config: MAEConfig) -> dict[str, Any]:
         raise MaeconvError(f"{where} records image size {size}, but its position table is for "
                            f"{weights_config.img_size}")
     return recorded
+
+
+def _meta(checkpoint) -> Mapping:
+    """A torch file's 'meta' dict (OpenMMLab's), where maeconv keeps its settings in such files."""
+    meta = checkpoint.extras.get("meta")
+    return meta if isinstance(meta, dict) and all(type(k) is str for k in meta) else {}
 
 
 def _json_object(text: Any, where: str) -> dict:

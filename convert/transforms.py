@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..models.config import CLASSIFIER, ENCODER, checkpoint_shapes
+from ..models.config import CLASSIFIER, ENCODER, FULL, checkpoint_shapes
 from ..models.pos_embed import sincos_2d
 from .detect import Detected
 from ..errors import MaeconvError
@@ -24,22 +24,47 @@ class Changed:
     notes: list[str] = field(default_factory=list)
 
 
-def apply(loaded, options) -> Changed:
+def apply(loaded, options, target=None) -> Changed:
+    """The changes `options` ask for; `target`, the scheme to be written, decides which tensors a
+    --dtype casts (its library's per-tensor precision; all floating ones by default)."""
     changed = Changed(dict(loaded.refs), loaded.detected)
     if options.fc_norm_from_norm and options.kind != CLASSIFIER:
         raise MaeconvError("--fc-norm-from-norm goes with --kind classifier")
     if options.kind == CLASSIFIER and changed.detected.kind != CLASSIFIER:
         changed = to_classifier(changed, options.fc_norm_from_norm)
+    elif options.kind == ENCODER and changed.detected.kind == FULL:
+        changed = to_encoder(changed)
     elif options.kind not in (None, changed.detected.kind):
         raise MaeconvError(f"{loaded.checkpoint.path}: cannot turn a {changed.detected.kind} checkpoint into "
                            f"{options.kind}")
     if options.img_size and options.img_size != changed.detected.config.img_size:
         changed = resize_positions(changed, options.img_size)
     if options.dtype:
-        dtype = dtype_by_name(DTYPES[options.dtype])
-        changed.refs = {name: ref.cast(dtype) if ref.dtype.kind == "f" or ref.dtype.name == "bfloat16" else ref
-                        for name, ref in changed.refs.items()}
+        changed = cast(changed, options.dtype, target)
     return changed
+
+
+def cast(changed: Changed, dtype_name: str, target=None) -> Changed:
+    """Floating tensors cast to the dtype, but for those the target's library keeps in float32."""
+    dtype = dtype_by_name(DTYPES[dtype_name])
+    floating = {name for name, ref in changed.refs.items() if ref.dtype.kind == "f" or ref.dtype.name == "bfloat16"}
+    kept = [name for name in floating if dtype.name != "float32" and target is not None and not target.casts(name)]
+    refs = {name: ref.cast(dtype) if name in floating and name not in kept else ref
+            for name, ref in changed.refs.items()}
+    refs.update({name: changed.refs[name].cast(dtype_by_name("float32")) for name in kept})
+    notes = list(changed.notes)
+    if kept:
+        notes.append(f"kept {len(kept)} tensors float32, as {target.name} builds them whatever its parameter "
+                     f"precision (tokens, position tables, LayerNorms, ...): {', '.join(sorted(kept)[:3])}, ...")
+    return Changed(refs, changed.detected, notes)
+
+
+def to_encoder(changed: Changed) -> Changed:
+    """The encoder of a full checkpoint, as mae_pretrain_vit_*.pth holds it: decoder and mask token left out."""
+    refs, detected = changed.refs, changed.detected
+    encoder = {k: refs[k] for k in checkpoint_shapes(detected.config, ENCODER)}
+    notes = [*changed.notes, f"dropped {len(refs) - len(encoder)} decoder tensors (the decoder and mask token)"]
+    return Changed(encoder, replace(detected, kind=ENCODER), notes)
 
 
 def to_classifier(changed: Changed, fc_norm_from_norm: bool) -> Changed:

@@ -35,7 +35,8 @@ def write(output: Output, tensors: Mapping[str, TensorRef], force: bool = False,
           inputs: Sequence[str | os.PathLike] = (), progress: Callable[[int], None] | None = None) -> list[str]:
     """Writes, proves and renames into place; returns the names of tensors holding NaN or Inf
     (written as they are)."""
-    extras = output.format.extras_for(output.config, output.kind, output.scheme.metadata_tag)
+    extras = {**output.format.extras_for(output.config, output.kind, output.scheme.metadata_tag),
+              "torch_keys": output.scheme.torch_keys}
     with staged(output.target, force=force, inputs=inputs) as stage:
         written = write_verified(stage.path(), tensors, output.format, extras, progress, shown_as=output.path)
     return written.nonfinite

@@ -80,17 +80,31 @@ def test_truncated_mindspore_file(tmp_path, tiny_pth):
                    "not a readable MindSpore checkpoint")
 
 
-@pytest.mark.parametrize("layout", ["zip", "plain pickle"])
+@pytest.mark.parametrize("layout", ["zip", "legacy", "plain pickle"])
 def test_pickle_that_would_run_code_is_not_run(tmp_path, out, layout):
     marker = tmp_path / "marker"
     evil = tmp_path / "evil.pth"
-    payload = {"model": {"cls_token": torch.zeros(1)}, "args": RunsCode(marker)}
-    if layout == "zip":
-        torch.save(payload, evil)
-    else:
+    payload = {"model": {"cls_token": torch.zeros(1), "evil": RunsCode(marker)}}
+    if layout == "plain pickle":
         evil.write_bytes(pickle.dumps(payload, protocol=2))
+    else:
+        torch.save(payload, evil, _use_new_zipfile_serialization=layout == "zip")
     _fails_cleanly(tmp_path, ["torch2ms", evil, out], "evil.pth", "refuses to run")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_code_beside_the_state_dict_is_skipped_not_run(tmp_path, tiny_state, legacy):
+    """What would run code outside the state dict (mmengine's objects in OpenMMLab checkpoints) is
+    left out with a note, never run."""
+    marker = tmp_path / "marker"
+    evil = tmp_path / "evil.pth"
+    model = {k: torch.from_numpy(np.array(v)) for k, v in tiny_state.items()}
+    torch.save({"model": model, "args": RunsCode(marker)}, evil, _use_new_zipfile_serialization=not legacy)
+    result = CliRunner().invoke(cli, ["torch2ms", str(evil), str(tmp_path / "o.ckpt")])
+    assert result.exit_code == 0, result.output
+    assert "code maeconv does not run" in result.output and "posix.system" in result.output
+    assert not marker.exists() and (tmp_path / "o.ckpt").exists()
 
 
 def test_state_dict_matching_no_preset(tmp_path, out, tiny_state):

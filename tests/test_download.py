@@ -15,7 +15,7 @@ from maeconv.convert import hub, transfer
 from maeconv.convert.pipeline import fetch_official
 from maeconv.models import config
 
-from helpers import run_cli as run, TINY, kind_state, save_official
+from helpers import run_cli as run, TINY, TINY_CLS, kind_state, save_official
 from hostile_http import ScriptedServer, chunked, closed_port, endless, reply, reset_after, serve, slowly
 
 
@@ -116,8 +116,43 @@ def test_unknown_name_or_server_error(server):
 def test_known_names_point_at_the_official_links():
     assert hub.url_of("mae_pretrain_vit_base") == "https://dl.fbaipublicfiles.com/mae/pretrain/mae_pretrain_vit_base.pth"
     assert hub.CHECKPOINTS["mae_finetuned_vit_huge"].md5_prefix == "2541f2"
-    assert hub.CHECKPOINTS["mae_vit_base_p16"] == hub.CHECKPOINTS["mae_pretrain_vit_base"]
     assert hub.CHECKPOINTS["mae_visualize_vit_large"].kind == "full"
+
+
+def test_mindformers_and_mindcv_names_point_at_their_own_files(monkeypatch):
+    """MindFormers' card links its own converted .ckpt (MindFormerBook), MindCV's default_cfgs its
+    fine-tuned ViT-B, named with its sha256 prefix."""
+    monkeypatch.delenv("MAECONV_BASE_URL", raising=False)
+    assert hub.url_of("mae_vit_base_p16") == ("https://ascend-repo-modelzoo.obs.cn-east-2.myhuaweicloud.com"
+                                              "/XFormer_for_mindspore/mae/mae_vit_base_p16.ckpt")
+    assert (hub.CHECKPOINTS["mae_vit_base_p16"].preset, hub.CHECKPOINTS["mae_vit_base_p16"].kind) == (
+        "mae_vit_base_patch16", "encoder")
+    assert hub.url_of("mae_b_16_224_finetune") == ("https://download.mindspore.cn/toolkits/mindcv/mae/"
+                                                   "mae_b_16_224_finetune-cc05b899.ckpt")
+    entry = hub.CHECKPOINTS["mae_b_16_224_finetune"]
+    assert (entry.preset, entry.kind, entry.sha256_prefix) == ("vit_base_patch16", "classifier", "cc05b899")
+
+
+@pytest.mark.parametrize("scheme, good", [("mindcv", True), ("mindcv", False), ("mindformers", True)])
+def test_a_ckpt_download_is_checked_by_its_sha256_prefix(server, tmp_path, monkeypatch, tiny_classifier_state,
+                                                         scheme, good):
+    """A MindSpore-family .ckpt as MindCV and MindFormers publish them: it enters the cache only with
+    the sha256 prefix its name gives (where it gives one) and parsing as its preset and kind."""
+    made = tmp_path / "made.ckpt"
+    run("convert", save_official(tmp_path / "cls.pth", tiny_classifier_state), made, "--to", scheme)
+    data = made.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()[:8] if good else "00000000"
+    RangeHandler.files["/mindcv/mae/tiny.ckpt"] = data
+    monkeypatch.setitem(hub.CHECKPOINTS, "mae_tiny_ms", hub.Official(
+        "mindcv/mae/tiny.ckpt", None, TINY_CLS, "classifier", base="https://unused.example", sha256_prefix=digest))
+    result = run("download", "mae_tiny_ms")
+    cached = tmp_path / "cache" / "tiny.ckpt"
+    if good:
+        assert result.exit_code == 0, result.output
+        assert cached.read_bytes() == data
+    else:
+        assert result.exit_code == 1 and "sha256" in result.stderr and "does not match the published" in result.stderr
+        assert not cached.exists()
 
 
 # --- close names ------------------------------------------------------------------------------

@@ -123,9 +123,9 @@ def test_a_failure_while_renaming_the_set_puts_everything_back(split, classifier
 def weight_bytes(path, fmt):
     if fmt == "onnx":
         return sum(len(t.raw_data) for t in onnx.load(path).graph.initializer if t.data_type in (1, 10))
-    import mindspore as ms
+    from maeconv.runtimes.ascend.mindir import read_mindir
 
-    return sum(len(p.raw_data) for p in ms.load_mindir(str(path)).graph.parameter)
+    return sum(len(p.raw_data) for p in read_mindir(path).graph.parameter)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "mindir"])
@@ -202,7 +202,8 @@ def test_an_error_in_the_child_comes_back_as_one_line_naming_the_output(tmp_path
     from maeconv.runtimes.export import SourceJob, write_from_twin
     from maeconv.runtimes.isolate import run_in_child
 
-    job = SourceJob(str(tmp_path / "gone.pth"), "onnx", "classify", {}, {}, None, False, "fp32", (1,), 0)
+    job = SourceJob(str(tmp_path / "gone.pth"), "onnx", "classify", settings={}, info={}, dtype="fp32", batches=(1,),
+                    seed=0, options={})
     with pytest.raises(MaeconvError, match="gone.pth: no such file"):
         run_in_child(write_from_twin, (job, tmp_path / "x.onnx"), lambda _: None, tmp_path / "x.onnx")
     assert tree(tmp_path) == []

@@ -189,6 +189,17 @@ def test_command_line_overrides():
         load_config(None, ["--train.epoch", "2"])
 
 
+def test_model_img_size_sets_the_trained_image_size():
+    from maeconv.runtimes.ascend.config import ConfigError, load_config
+    from maeconv.runtimes.ascend.trainer import model_config
+
+    cfg = load_config(None, ["--model.preset", TINY, "--model.img_size", "64"])
+    assert model_config(cfg, PRETRAIN).img_size == 64
+    assert model_config(load_config(None, ["--model.preset", TINY]), PRETRAIN).img_size == 32
+    with pytest.raises(ConfigError, match="image size 60"):
+        model_config(load_config(None, ["--model.preset", TINY, "--model.img_size", "60"]), PRETRAIN)
+
+
 def _tiny_step_setup(state, config):
     from maeconv.runtimes.ascend.optim import AdamW
 

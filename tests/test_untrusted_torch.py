@@ -231,10 +231,24 @@ def test_a_global_torch_allows_goes_to_torch(tmp_path):
     assert read_checkpoint(path).extras["shape"] == (2, 3)
 
 
-def test_a_global_nobody_allows_is_refused(tmp_path):
+def test_a_global_nobody_allows_is_refused_in_the_state_dict(tmp_path):
     path = tmp_path / "x.pth"
-    torch.save({"model": {"w": torch.ones(2)}, "when": __import__("datetime").date(2024, 1, 1)}, path)
+    torch.save({"model": {"w": torch.ones(2), "when": __import__("datetime").date(2024, 1, 1)}}, path)
     _refused_as_torch_would(path, "refuses to run")
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_global_nobody_allows_is_skipped_beside_the_state_dict(tmp_path, legacy):
+    """torch.load(weights_only=True) refuses the whole file; maeconv runs nothing of it, reads the
+    state dict and leaves the object out, with a note (OpenMMLab's mmengine objects are such)."""
+    path = tmp_path / "x.pth"
+    torch.save({"model": {"w": torch.ones(2)}, "when": __import__("datetime").date(2024, 1, 1), "n": 3}, path,
+               _use_new_zipfile_serialization=not legacy)
+    assert isinstance(torch_reads(path), Exception)
+    checkpoint = read_checkpoint(path)
+    assert np.array_equal(checkpoint.tensors["w"].load(), np.ones(2, np.float32))
+    assert isinstance(checkpoint.extras["when"], torchpickle.Opaque) and checkpoint.extras["n"] == 3
+    assert len(checkpoint.notes) == 1 and "datetime.date" in checkpoint.notes[0]
 
 
 @pytest.mark.parametrize("protocol", [3, 4, 5])

@@ -16,6 +16,7 @@ class Checkpoint:
     tensors: dict[str, TensorRef]
     extras: dict = field(default_factory=dict)    # non-model content: 'args', 'epoch', optimizer state...
     metadata: dict = field(default_factory=dict)  # safetensors __metadata__, or an HF directory's config.json
+    notes: list[str] = field(default_factory=list)  # what reading left out, for the conversion's notes
 
 
 @dataclass(frozen=True)

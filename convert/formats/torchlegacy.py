@@ -19,32 +19,43 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import MaeconvError
-from .torchpickle import Invalid, Storage, StorageTable, Unsupported, file_storage, no_storages, unpickle
+from .torchpickle import (Invalid, Storage, StorageTable, UnknownGlobal, Unsupported, file_storage, no_storages,
+                          unpickle)
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
 SMALL_PICKLE = 1 << 20  # the budget of the magic number, protocol version and sys_info pickles
 
 
-def read(path: Path):
-    """The unpickled object, with TensorRef in place of every tensor; MaeconvError if it cannot be."""
+def read(path: Path) -> tuple[object, list[str]]:
+    """The unpickled object, with TensorRef in place of every tensor, and what stood in for globals
+    this reader does not know (read leniently, as inert Opaque objects, once the strict read found
+    one: the caller decides whether they lie where it may skip them); MaeconvError if it cannot be."""
     try:
         with open(path, "rb") as f:
-            return _read(f, path)
+            try:
+                return _read(f, path), []
+            except UnknownGlobal:
+                f.seek(0)
+                stand_ins: list[str] = []
+                return _read(f, path, stand_ins), stand_ins
     except (Invalid, Unsupported) as error:
         raise MaeconvError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
 
 
-def _read(f, path: Path):
+def _read(f, path: Path, stand_ins: list[str] | None = None):
+    """Strict, or with `stand_ins` lenient (what stood in is appended to it)."""
+    lenient = stand_ins is not None
     _check_header(f)
     size = path.stat().st_size
     start = f.tell()
     declared = _Declared(size)
-    unpickle(f, StorageTable(6, declared.storage))
+    unpickle(f, StorageTable(6, declared.storage), lenient=lenient)
     keys = unpickle(f, no_storages)
     placed = _place(f, declared, keys, size)
     f.seek(start)
-    return unpickle(f, StorageTable(6, lambda key, dtype, numel, rest: placed.storage(path, key, rest)))
+    storages = StorageTable(6, lambda key, dtype, numel, rest: placed.storage(path, key, rest))
+    return unpickle(f, storages, lenient=lenient, stand_ins=stand_ins)
 
 
 def _check_header(f) -> None:

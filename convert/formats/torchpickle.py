@@ -52,6 +52,10 @@ class Unsupported(Exception):
     a byte order): the caller may hand the file to torch's own loader."""
 
 
+class UnknownGlobal(Unsupported):
+    """A global this reader does not know: a lenient read may stand an inert Opaque in for it."""
+
+
 class Invalid(Exception):
     """The file is malformed, or what it declares does not hold: a final refusal."""
 
@@ -314,9 +318,13 @@ class RestrictedUnpickler(pickle._Unpickler):
 
     dispatch = _Dispatch({op: pickle._Unpickler.dispatch[op] for op in OPCODES})
 
-    def __init__(self, file, storages: Callable[[object], Storage], lenient: bool = False):
+    def __init__(self, file, storages: Callable[[object], Storage], lenient: bool = False,
+                 stand_ins: list | None = None):
         super().__init__(file, encoding="utf-8")  # what torch.load passes for SHORT_BINSTRING
         self.storages, self.lenient = storages, lenient
+        # What a lenient read stood in for: 'global <module.name>', or 'tensor state' where it left
+        # out a tensor's BUILD (which torch would apply), or 'call' where a known call was unsupported.
+        self.stand_ins = [] if stand_ins is None else stand_ins
 
     def find_class(self, module: str, name: str):
         if (module, name) in CALLABLES:
@@ -326,11 +334,13 @@ class RestrictedUnpickler(pickle._Unpickler):
         return self.unknown_global(module, name)
 
     def unknown_global(self, module: str, name: str):
-        """A global this reader does not know. A reader that skips non-tensor objects (mmengine's in
-        OpenMMLab metadata) would keep the lenient Opaque; the strict one refuses."""
+        """A global this reader does not know: the strict reader refuses it; the lenient one stands an
+        Opaque in, which a reader may skip where it lies outside the state dict (mmengine's objects
+        in OpenMMLab checkpoints: message hub, schedulers, meta)."""
         if self.lenient:
+            self.stand_ins.append(f"global {module}.{name}")
             return Opaque(f"{module}.{name}")
-        raise Unsupported(f"the pickle refers to {module}.{name}, code that a safe load refuses to run")
+        raise UnknownGlobal(f"the pickle refers to {module}.{name}, code that a safe load refuses to run")
 
     def persistent_load(self, pid) -> Storage | Opaque:
         if self.lenient and type(pid) is tuple and len(pid) > 1 and isinstance(pid[1], Opaque):
@@ -350,6 +360,7 @@ class RestrictedUnpickler(pickle._Unpickler):
         except Unsupported:
             if not self.lenient:
                 raise
+            self.stand_ins.append("call")
             self.stack[-1] = Opaque("a call")
 
     def load_newobj(self):
@@ -367,6 +378,8 @@ class RestrictedUnpickler(pickle._Unpickler):
         state = self.stack.pop()
         target = self.stack[-1]
         if self.lenient and isinstance(target, (Opaque, TensorRef)):
+            if isinstance(target, TensorRef):
+                self.stand_ins.append("tensor state")
             return  # torch sets a tensor's state through its own checks (Tensor.set_)
         if isinstance(target, TensorRef):
             raise Unsupported("a tensor rebuilt from state (legacy BUILD)")
@@ -424,9 +437,11 @@ MALFORMED = (pickle.UnpicklingError, EOFError, struct.error, IndexError, KeyErro
              AttributeError, UnicodeDecodeError, OverflowError, RecursionError)
 
 
-def unpickle(file, storages: Callable[[object], Storage], limit: int = MAX_PICKLE_COST, lenient: bool = False):
-    """The object of the pickle starting at `file`'s position (left just after its STOP opcode)."""
+def unpickle(file, storages: Callable[[object], Storage], limit: int = MAX_PICKLE_COST, lenient: bool = False,
+             stand_ins: list | None = None):
+    """The object of the pickle starting at `file`'s position (left just after its STOP opcode).
+    A lenient read appends to `stand_ins` what it stood an Opaque in for."""
     try:
-        return RestrictedUnpickler(_Budget(file, limit), storages, lenient).load()
+        return RestrictedUnpickler(_Budget(file, limit), storages, lenient, stand_ins).load()
     except MALFORMED as error:
         raise Invalid(f"the pickle is malformed ({type(error).__name__}: {str(error)[:80]})") from None

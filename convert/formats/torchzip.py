@@ -100,10 +100,12 @@ def _read_archive(path: Path, infos: list[zipfile.ZipInfo]):
 
     try:
         return unpickle(io.BytesIO(pickled), storages())
-    except Unsupported:
-        # torch.load will be trusted with the file: first every part of the pickle this reader does
-        # interpret must hold (torch's own unpickler crashes on some that do not).
-        unpickle(io.BytesIO(pickled), storages(), lenient=True)
+    except Unsupported as error:
+        # Every part of the pickle this reader does interpret must hold before torch.load is trusted
+        # with the file (torch's own unpickler crashes on some that do not). The lenient read goes
+        # with the error, as `survey` (object, stand-ins): the caller may use it instead.
+        stand_ins: list[str] = []
+        error.survey = unpickle(io.BytesIO(pickled), storages(), lenient=True, stand_ins=stand_ins), stand_ins
         raise
 
 
@@ -274,15 +276,17 @@ RECORDS_BEFORE = {".format_version": b"1", ".storage_alignment": str(ALIGNMENT).
 RECORDS_AFTER = {"version": b"3\n"}
 
 
-def write(path: Path, tensors: Mapping[str, TensorRef], args: Mapping[str, object] | None = None) -> None:
-    """Writes {'model': state_dict, 'args': {...}} as torch.save lays it out: a zip of data.pkl and
-    one stored, aligned entry per tensor. `args` is a plain dict of strings, numbers and booleans
-    (not the reference's argparse.Namespace, which torch.load(weights_only=True) refuses). Tensor
+def write(path: Path, tensors: Mapping[str, TensorRef], args: Mapping[str, object] | None = None,
+          state_key: str = "model", args_key: str = "args") -> None:
+    """Writes {'model': state_dict, 'args': {...}} (or under other keys) as torch.save lays it out: a
+    zip of data.pkl and one stored, aligned entry per tensor. `args` is a plain dict of strings,
+    numbers and booleans (not the reference's argparse.Namespace, which torch.load(weights_only=True)
+    refuses). Tensor
     bytes stream in from their source files, one chunk at a time, so memory stays near one chunk.
     Nothing is read back while writing: the caller compares the whole file afterwards."""
     with open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
         reserve(f, sum(ref.nbytes for ref in tensors.values()))
-        _add(archive, "data.pkl", _state_dict_pickle(tensors, args))
+        _add(archive, "data.pkl", _state_dict_pickle(tensors, args, state_key, args_key))
         for name, data in RECORDS_BEFORE.items():
             _add(archive, name, data)
         for key, ref in enumerate(tensors.values()):
@@ -311,12 +315,13 @@ def _aligned_entry(archive: zipfile.ZipFile, name: str, size: int) -> zipfile.Zi
     return info
 
 
-def _state_dict_pickle(tensors: Mapping[str, TensorRef], args: Mapping[str, object] | None = None) -> bytes:
+def _state_dict_pickle(tensors: Mapping[str, TensorRef], args: Mapping[str, object] | None = None,
+                       state_key: str = "model", args_key: str = "args") -> bytes:
     """The pickle torch.save writes for {'model': OrderedDict(name: tensor), 'args': {...}}, opcode
     by opcode (so writing needs no torch): each tensor is a _rebuild_tensor_v2 call on storage
     `data/<index>`."""
     out = bytearray(b"\x80\x02}")  # PROTO 2, EMPTY_DICT
-    out += _text("model") + _global("collections", "OrderedDict") + b")R("  # OrderedDict(), MARK
+    out += _text(state_key) + _global("collections", "OrderedDict") + b")R("  # OrderedDict(), MARK
     for key, (name, ref) in enumerate(tensors.items()):
         storage = _global("torch", STORAGE_OF_DTYPE[ref.dtype.name])
         persistent_id = b"(" + _text("storage") + storage + _text(str(key)) + _text("cpu") + _int(ref.size) + b"tQ"
@@ -326,7 +331,7 @@ def _state_dict_pickle(tensors: Mapping[str, TensorRef], args: Mapping[str, obje
         out += _text(name) + _global("torch._utils", "_rebuild_tensor_v2") + b"(" + arguments + b"tR"
     out += b"us"  # SETITEMS into the OrderedDict, SETITEM into the dict
     if args:
-        out += _text("args") + b"}(" + b"".join(_text(key) + _scalar(value) for key, value in args.items()) + b"us"
+        out += _text(args_key) + b"}(" + b"".join(_text(key) + _scalar(value) for key, value in args.items()) + b"us"
     return bytes(out + b".")
 
 

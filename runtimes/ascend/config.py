@@ -28,6 +28,7 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     preset: str = "mae_vit_base_patch16"
+    img_size: int | None = None           # default: the initial checkpoint's, else the preset's
     norm_pix_loss: bool = True
     mask_ratio: float = 0.75
     layer_norm_eps: float | None = None   # default: the initial checkpoint's, else 1e-6

@@ -60,15 +60,13 @@ def _always_split():
 
 
 def _inline_variables(path: Path) -> None:
-    import mindspore as ms
-
     from ..inline import inline
 
     def locate(tensor):
         where = tensor.external_data
         return (where.location, where.offset, where.length) if where.location else None
 
-    for data in inline(path, ms.load_mindir(str(path)), "parameter", locate, lambda t: t.ClearField("external_data")):
+    for data in inline(path, read_mindir(path), "parameter", locate, lambda t: t.ClearField("external_data")):
         remove_written(path.parent / Path(data).parent)
 
 
@@ -103,18 +101,25 @@ class MindIRRunner(Runner):
         return self._named(t.asnumpy() for t in outputs)
 
 
+def read_mindir(path: str | os.PathLike):
+    """The file's ModelProto, parsed as mindspore.load_mindir does (that function is deprecated since
+    MindSpore 2.5 and says so on stderr at every call)."""
+    from mindspore.train.mind_ir_pb2 import ModelProto
+
+    model = ModelProto()
+    with open(path, "rb") as f:
+        model.ParseFromString(f.read())
+    return model
+
+
 def mindir_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The `user_info` a MindIR file records (maeconv's `maeconv.*` keys)."""
-    import mindspore as ms
-
-    return dict(ms.load_mindir(str(path)).user_info)
+    return dict(read_mindir(path).user_info)
 
 
 def mindir_variables(path: str | os.PathLike) -> list[str]:
     """The files, relative to the graph's folder, that hold a split MindIR's weights."""
-    import mindspore as ms
-
-    graph = ms.load_mindir(str(path)).graph
+    graph = read_mindir(path).graph
     return sorted({param.external_data.location for param in graph.parameter if param.external_data.location})
 
 

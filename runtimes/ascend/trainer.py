@@ -54,7 +54,7 @@ def model_config(cfg: RunConfig, task: str, classes: int | None = None, recorded
     if model.hidden_act is not None and model.hidden_act not in ACTIVATION_NAMES:
         raise ConfigError(f"model.hidden_act {model.hidden_act!r}; expected one of {', '.join(ACTIVATION_NAMES)}")
     flags = {"norm_pix_loss": model.norm_pix_loss, "mask_ratio": model.mask_ratio, "norm_eps": model.layer_norm_eps,
-             "activation": ACTIVATION_NAMES.get(model.hidden_act)}
+             "activation": ACTIVATION_NAMES.get(model.hidden_act), "img_size": model.img_size}
     try:
         return resolve_settings(base, recorded or {}, "model", **flags).config
     except MaeconvError as error:
