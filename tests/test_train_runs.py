@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 pytestmark = pytest.mark.slow  # every test here trains in a subprocess
 
 from maeconv.parity.compare import REL, Tolerance, compare
+from netns import free_port_pair
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "runtimes" / "ascend" / "train.py"
@@ -162,9 +162,7 @@ def test_resume_after_kill_9_repeats_the_uninterrupted_losses(pretrained, tmp_pa
 
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port_pair()  # msrun's port, and the one below it for the trainer's rendezvous
 
 
 def msrun(log_dir, *script_args):

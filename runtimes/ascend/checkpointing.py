@@ -92,10 +92,7 @@ def restore(path: Path, model, optimizer, scaler=None) -> dict[str, int]:
         saved = ms.load_checkpoint(str(path))
     except Exception as error:
         raise MaeconvError(f"{path}: not a readable MindSpore checkpoint ({first_line(error)})") from None
-    targets = {name: param for name, param in model.parameters_and_names()}
-    targets.update(optimizer.state())
-    if scaler is not None:
-        targets[TRAIN_PREFIX + "loss_scale"] = scaler.scale_value
+    targets = _training_state(model, optimizer, scaler)
     missing = [name for name in targets if name not in saved]
     if missing:
         raise MaeconvError(f"{path}: not a training checkpoint of this model ({len(missing)} entries missing, "
@@ -105,3 +102,19 @@ def restore(path: Path, model, optimizer, scaler=None) -> dict[str, int]:
             raise MaeconvError(f"{path}: {name} has shape {tuple(saved[name].shape)}, expected {tuple(param.shape)}")
         param.set_data(ms.Tensor(saved[name].asnumpy()))
     return {key: int(saved[TRAIN_PREFIX + key].asnumpy().reshape(-1)[0]) for key in COUNTERS}
+
+
+def _training_state(model, optimizer, scaler=None) -> dict:
+    """Checkpoint name -> Parameter of everything a resumed run restores."""
+    targets = {name: param for name, param in model.parameters_and_names()}
+    targets.update(optimizer.state())
+    if scaler is not None:
+        targets[TRAIN_PREFIX + "loss_scale"] = scaler.scale_value
+    return targets
+
+
+def broadcast_state(model, optimizer, scaler=None) -> None:
+    """Every rank's weights, moments and loss scale made rank 0's (a collective)."""
+    from .steps import FromRank0
+
+    FromRank0(list(_training_state(model, optimizer, scaler).values()))()

@@ -109,6 +109,19 @@ class PredictConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """Several workers (msrun): how long ranks wait for each other. Environment variables the user
+    sets explicitly (MS_CPU_COMM_OP_TIMEOUT, HCCL_EXEC_TIMEOUT, HCCL_CONNECT_TIMEOUT) win."""
+
+    barrier_timeout: float = 1800         # s every rank waits for the others at a rendezvous (data ready, first
+                                          # step compiled); then an error naming the ranks that did not arrive
+    collective_timeout: float = 1800      # s a collective waits for a peer: MS_CPU_COMM_OP_TIMEOUT (CPU, mccl),
+                                          # HCCL_EXEC_TIMEOUT (Ascend); NCCL (GPU) has none in MindSpore 2.10
+    connect_timeout: float = 600          # s Ascend links may take to set up: HCCL_CONNECT_TIMEOUT (120..7200)
+    rendezvous_port: int | None = None    # the rendezvous store on the master host; default msrun's port - 1
+
+
+@dataclass
 class RunConfig:
     run_mode: str = "train"
     seed: int = 0
@@ -125,6 +138,7 @@ class RunConfig:
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

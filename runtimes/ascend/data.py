@@ -10,12 +10,15 @@ from __future__ import annotations
 import functools
 import io
 import math
+import os
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ...errors import MaeconvError
 from ..images import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 
 PRETRAIN, FINETUNE, EVAL, NONE = "pretrain", "finetune", "eval", "none"
@@ -54,6 +57,45 @@ def make_synthetic_imagenet(root: str | Path, classes: int = 4, train_per_class:
                 image = Image.fromarray(synthetic_image(label, classes, size, rng))
                 image.save(folder / f"{split}_{label:03d}_{i:05d}.JPEG", quality=95)
     return root
+
+
+def ensure_dataset(path: str, synthetic: dict | None, runtime) -> None:
+    """The dataset at `path` on every rank, made once where a recipe asks for a synthetic one and
+    the folder is absent: by rank 0, then (node-local storage) by the first worker of each machine
+    that still lacks it, each time with every rank waiting (cluster.barrier_timeout). A relative
+    path must mean the same folder on every machine."""
+    root = Path(path)
+    mine = str(root.resolve())
+    ranks0 = runtime.decide("data.path", lambda: mine)
+    if mine != ranks0:
+        raise MaeconvError(f"data.path {path!r} resolves to {ranks0} on rank 0 but to {mine} on rank "
+                           f"{runtime.rank}: give an absolute path, the same on every machine")
+    if runtime.is_main and synthetic and not root.exists():
+        print(f"data folder {root} is absent: making a synthetic ImageNet-layout dataset there ({synthetic})",
+              flush=True)
+        _make_synthetic_once(root, synthetic)
+    waited = runtime.barrier("data made by rank 0")
+    if runtime.world > 1 and runtime.local_rank == 0 and synthetic and not root.exists():
+        print(f"rank {runtime.rank}: data folder {root} is absent on this machine: making the synthetic dataset "
+              "there too", flush=True)
+        _make_synthetic_once(root, synthetic)
+    waited += runtime.barrier("data made on every machine")
+    if runtime.world > 1:
+        print(f"rank {runtime.rank}: data ready on every machine; waited {waited:.1f} s for the other ranks",
+              flush=True)
+
+
+def _make_synthetic_once(root: Path, synthetic: dict) -> None:
+    """Written aside, then renamed into place; a copy another process finished first is kept."""
+    tmp = root.with_name(root.name + f".partial-{os.getpid()}")
+    make_synthetic_imagenet(tmp, **synthetic)
+    (tmp / ".complete").touch()
+    try:
+        os.replace(tmp, root)
+    except OSError:
+        if not (root / ".complete").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --- decoding that survives corrupt files ---

@@ -3,6 +3,7 @@ gradient accumulation, the mask noise (or mixup) drawn on the host from (seed, e
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -22,6 +23,27 @@ class Step:
     accumulate: Callable | None = None
     apply: Callable | None = None
     accum_iter: int = 1
+    # Several ranks: called once, after the step compiled and before its first collective, with the
+    # compile time: every rank waits there for the others (a late machine must not run into the
+    # collective timeout).
+    meet: Callable[[float], None] | None = None
+    started: bool = False
+
+    def start(self, images, aux, lr) -> None:
+        """Compiles the step cells for these inputs (graph mode), then meets the other ranks."""
+        self.started = True
+        if self.meet is None:
+            return
+        import mindspore as ms
+
+        begin = time.perf_counter()
+        if ms.get_context("mode") == ms.GRAPH_MODE:
+            if self.accum_iter == 1:
+                self.train.compile(images, aux, lr)
+            else:
+                self.accumulate.compile(images, aux)
+                self.apply.compile(lr)
+        self.meet(time.perf_counter() - begin)
 
 
 @dataclass
@@ -58,12 +80,15 @@ def train_one_epoch(step: Step, batches: Iterator, inputs: Inputs, position: Pos
             # per-iteration (rather than per-epoch) lr schedule
             lr = schedule.lr(position)
         images, aux = inputs(images, labels, [seed, position.epoch, position.epoch_batch])
+        images, aux, lr_tensor = Tensor(images), Tensor(aux), Tensor(np.float32(lr))
+        if not step.started:
+            step.start(images, aux, lr_tensor)
         if step.accum_iter == 1:
-            loss = step.train(Tensor(images), Tensor(aux), Tensor(np.float32(lr)))
+            loss = step.train(images, aux, lr_tensor)
         else:
-            loss = step.accumulate(Tensor(images), Tensor(aux))
+            loss = step.accumulate(images, aux)
             if micro == step.accum_iter - 1:
-                step.apply(Tensor(np.float32(lr)))
+                step.apply(lr_tensor)
         losses.append(float(loss.asnumpy()))
         samples(len(images))
         position.epoch_batch += 1

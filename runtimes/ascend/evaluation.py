@@ -14,7 +14,7 @@ from ...models.config import CLASSIFIER, CLASSIFY, FULL
 from . import data as data_lib
 from .checkpointing import list_checkpoints, resolve_checkpoint
 from .config import ConfigError
-from .runtime import Runtime, setup_runtime
+from .runtime import Runtime, ends_job_on_error, setup_runtime
 
 MINDSPORE = "mindspore"
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
@@ -60,6 +60,7 @@ def checkpoint_of_kind(path: str | Path, kind: str, why: str):
     return path, loaded
 
 
+@ends_job_on_error
 def run_eval(cfg) -> dict:
     from ...convert.twins import get_twin
 
@@ -78,6 +79,7 @@ def run_eval(cfg) -> dict:
     return {"checkpoint": str(path), **result}
 
 
+@ends_job_on_error
 def run_predict(cfg, images: list | None = None) -> list[Path]:
     """Reconstruction pictures (original | masked | reconstruction | reconstruction + visible) of
     `images`, or of the first `predict.images` of the val split, into output_dir/predict."""

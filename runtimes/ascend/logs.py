@@ -30,6 +30,11 @@ class RunLog:
         self.first_step = resume_step
         self.first_loss: float | None = None
 
+    def restart_clock(self) -> None:
+        """Throughput and ETA from now (after the ranks met, not from before the first compile)."""
+        self.window_start = self.run_start = time.perf_counter()
+        self.window_samples = 0
+
     def add_samples(self, samples: int) -> None:
         self.window_samples += samples
 

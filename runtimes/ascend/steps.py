@@ -150,3 +150,17 @@ class ApplyStep(_Update):
 def accumulators_for(params) -> ParameterTuple:
     return ParameterTuple([Parameter(Tensor(np.zeros(p.shape, np.float32)), name=f"train.grad_sum.{p.name}",
                                      requires_grad=False) for p in params])
+
+
+class FromRank0(nn.Cell):
+    """Overwrites the parameters with rank 0's values (a broadcast), e.g. after rank 0 alone
+    loaded a checkpoint."""
+
+    def __init__(self, params):
+        super().__init__()
+        self.params = ParameterTuple(params)
+        self.broadcast = ops.Broadcast(0)
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self):
+        return self.hyper_map(ops.assign, self.params, self.broadcast(self.params))

@@ -10,7 +10,6 @@ data position, so a resumed run trains on exactly the batches and masks it would
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from .engine import Schedule, Step, train_one_epoch
 from .evaluation import eval_line, evaluate_model
 from .logs import RunLog, format_duration
 from .plots import plot_curves
-from .runtime import Runtime, setup_runtime
+from .runtime import Runtime, ends_job_on_error, setup_runtime
 
 MINDSPORE = "mindspore"
 FINETUNE_FRESH = ("head.", "fc_norm.")  # what fine-tuning starts afresh rather than loads
@@ -214,25 +213,9 @@ def _mixup(cfg: RunConfig, num_classes: int) -> data_lib.Mixup:
     return data_lib.Mixup(f.mixup, f.cutmix, f.mixup_prob, f.switch_prob, f.smoothing, num_classes)
 
 
-def ensure_data(cfg: RunConfig, runtime: Runtime) -> None:
-    """The synthetic dataset a recipe asks for, made once (by rank 0) when its folder is absent."""
-    root, synthetic = Path(cfg.data.path), cfg.data.synthetic
-    if root.exists() or not synthetic:
-        return
-    if runtime.is_main:
-        print(f"data folder {root} is absent: making a synthetic ImageNet-layout dataset there ({synthetic})",
-              flush=True)
-        tmp = root.with_name(root.name + f".partial-{os.getpid()}")
-        data_lib.make_synthetic_imagenet(tmp, **synthetic)
-        (tmp / ".complete").touch()
-        os.replace(tmp, root)
-    else:
-        while not (root / ".complete").exists():  # another rank is writing it
-            time.sleep(0.2)
-
-
 # --- driving it ---
 
+@ends_job_on_error
 def train(cfg: RunConfig, finetune: bool = False) -> dict:
     """Pretraining (`finetune` False) or fine-tuning; returns a summary of the run."""
     runtime = setup_runtime(cfg)
@@ -242,12 +225,13 @@ def train(cfg: RunConfig, finetune: bool = False) -> dict:
 
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         write_file(Path(cfg.output_dir) / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    ensure_data(cfg, runtime)
+    data_lib.ensure_dataset(cfg.data.path, cfg.data.synthetic, runtime)
     run = build_run(cfg, finetune, runtime)
     position = _resume(run)
     if position.step >= run.schedule.total_steps:
         return _finished_already(run, position)
     log = RunLog(run.output_dir, runtime, run.schedule.total_steps, position.step, cfg.log.log_steps)
+    run.step.meet = _meeting(runtime, log) if runtime.world > 1 else None
     runtime.say(f"{'fine-tuning' if finetune else 'pretraining'} {cfg.model.preset} on {cfg.data.path}: "
                 f"{run.images_per_rank * runtime.world} images, {runtime.world} rank(s) x batch "
                 f"{cfg.train.batch_size} x accum {cfg.train.accum_iter}, lr {run.schedule.base_lr:.3e}, "
@@ -260,6 +244,17 @@ def train(cfg: RunConfig, finetune: bool = False) -> dict:
         _say_interrupted(run, position)
         raise
     return _finish(run, position, log, corrupt, time.perf_counter() - start)
+
+
+def _meeting(runtime: Runtime, log: RunLog):
+    """What every rank does once its first step has compiled: wait for the others, then start the
+    throughput clock."""
+    def meet(compiled: float) -> None:
+        waited = runtime.barrier("first step")
+        print(f"rank {runtime.rank}: first step compiled in {compiled:.1f} s; waited {waited:.1f} s for the other "
+              "ranks", flush=True)
+        log.restart_clock()
+    return meet
 
 
 def _epoch(run: Run, position: Position, log: RunLog) -> int:
@@ -287,20 +282,33 @@ def _epoch(run: Run, position: Position, log: RunLog) -> int:
 
 
 def _resume(run: Run) -> Position:
+    """Rank 0 picks the checkpoint and loads it; the other ranks take its counters, and its weights
+    and moments by broadcast (another machine's output_dir need not hold the file)."""
     import mindspore as ms
 
+    runtime = run.runtime
+    found = runtime.decide("resume", lambda: _restore(run))
+    if found is None:
+        return Position()
+    if runtime.world > 1:
+        runtime.barrier("resume")
+        checkpointing.broadcast_state(run.model, run.optimizer, run.scaler)
+    position = Position(found["step"], found["epoch"], found["epoch_batch"])
+    ms.set_seed(run.cfg.seed + position.step)
+    runtime.say(f"resumed from {found['path']} at step {position.step} (epoch {position.epoch + 1}, "
+                f"batch {position.epoch_batch})")
+    return position
+
+
+def _restore(run: Run) -> dict | None:
     path = checkpointing.resume_path(run.cfg)
     if path is None:
-        return Position()
+        return None
     counters = checkpointing.restore(path, run.model, run.optimizer, run.scaler)
     if counters["world"] != run.runtime.world:
         raise MaeconvError(f"{path}: written by {counters['world']} ranks, resuming on {run.runtime.world} would "
                            f"change the data order")
-    position = Position(counters["step"], counters["epoch"], counters["epoch_batch"])
-    ms.set_seed(run.cfg.seed + position.step)
-    run.runtime.say(f"resumed from {path} at step {position.step} (epoch {position.epoch + 1}, "
-                    f"batch {position.epoch_batch})")
-    return position
+    return {"path": str(path), **counters}
 
 
 def _finished_already(run: Run, position: Position) -> dict:
