@@ -100,8 +100,9 @@ def write(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping, **read_
 
 def extras_for(config, kind: str, tag: str) -> dict:
     """The settings as a plain 'args' dict under the reference's argparse names (its
-    argparse.Namespace itself would need weights_only=False to load), and as a 'meta' dict holding
-    one maeconv.settings string, for files that keep a meta dict instead (OpenMMLab's)."""
+    argparse.Namespace itself is refused by torch.load's weights-only unpickler), and as a
+    'meta' dict holding one maeconv.settings string, for files that keep a meta dict instead
+    (OpenMMLab's)."""
     return {"args": args_record(config), "meta": {RECORD_KEY: json.dumps(settings_record(config))}}
 
 
