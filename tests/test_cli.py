@@ -100,6 +100,7 @@ def test_forward_on_encoder_only_is_refused(tmp_path):
     assert result.exit_code == 1 and "encoder only" in result.stderr
 
 
+@pytest.mark.slow
 def test_parity_command_text_and_json(tiny_pth):
     result = run("parity", tiny_pth, "--mode", "pynative")
     assert result.exit_code == 0
@@ -116,6 +117,7 @@ def test_parity_classifier(tmp_path):
     assert report["passed"] and {r["output"] for r in report["rows"]} == {"logits"}
 
 
+@pytest.mark.slow
 def test_parity_failure_exits_non_zero(tiny_pth, monkeypatch):
     impossible = dict(parity_twins.PRETRAIN_TOLERANCES, pred=Tolerance("abs", 0.0))
     monkeypatch.setattr(parity_twins, "PRETRAIN_TOLERANCES", impossible)
@@ -123,6 +125,7 @@ def test_parity_failure_exits_non_zero(tiny_pth, monkeypatch):
     assert result.exit_code == 1 and "FAIL" in result.stdout
 
 
+@pytest.mark.slow
 def test_console_script_demo_runs_tiny(tmp_path):
     result = subprocess.run([sys.executable, "-m", "maeconv", "demo", "--preset", TINY,
                              "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=300)

@@ -46,6 +46,7 @@ meet.barrier("last")
 """
 
 
+@pytest.mark.slow
 def test_ranks_meet_take_rank_0s_decisions_and_a_missing_rank_is_named():
     # one store per process (MindSpore's TCPStore): rank 0 here, rank 1 in a child process
     port = netns.free_port_pair()

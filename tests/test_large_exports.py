@@ -19,6 +19,8 @@ from maeconv.runtimes.tasks import TASKS, random_inputs
 
 from helpers import TINY_CLS, save_official, seeded_state
 
+pytestmark = pytest.mark.slow  # every test here exports graphs (seconds each)
+
 LAYOUT = {"onnx": ("h.onnx", "h.onnx.data"), "mindir": ("h.mindir", "h_variables")}
 
 

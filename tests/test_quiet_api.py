@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from maeconv.convert.pipeline import convert
 
 from helpers import save_official
@@ -24,6 +26,7 @@ print("done")
 """
 
 
+@pytest.mark.slow
 def test_loading_mindspore_models_through_the_api_prints_no_warnings(tmp_path, tiny_state):
     save_official(tmp_path / "tiny.pth", tiny_state)
     convert(tmp_path / "tiny.pth", tmp_path / "tiny.ckpt")

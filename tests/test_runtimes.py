@@ -134,6 +134,7 @@ def test_pretrain_graph_is_deterministic_in_its_noise(exported):
     assert (first["mask"] == 0).sum(1).tolist() == [kept, kept]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task,kind", [("features", "encoder"), ("classify", "classifier")])
 def test_int8_reports_drift(files, task, kind):
     root, paths, _ = files
@@ -155,6 +156,7 @@ def test_int8_reports_drift(files, task, kind):
     assert open_graph(out, "onnx").name == "onnxruntime int8"
 
 
+@pytest.mark.slow
 def test_failed_validation_removes_the_file_unless_kept(files):
     root, paths, _ = files
     out = root / "strict.onnx"

@@ -144,6 +144,7 @@ def test_a_setting_nobody_records_is_the_presets(tmp_path, tiny_state):
     assert shown["norm_pix_loss"] == {"value": False, "from": "preset"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("runtime", ["onnx", "mindir"])
 def test_exports_are_built_with_the_files_settings(tmp_path, hf_dir, runtime):
     from maeconv.runtimes.registry import open_graph
