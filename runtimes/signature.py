@@ -23,10 +23,8 @@ def readable(path: Path, what: str, read: Callable[[], dict]) -> dict:
         raise MaeconvError(f"{path}: not a readable {what} ({str(error).strip() or type(error).__name__})") from None
 
 
-def onnx_signature(path: Path) -> dict:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
+def onnx_signature(model) -> dict:
+    """`model`: an ONNX ModelProto."""
 
     def values(entries) -> dict:
         shown = {}
@@ -42,12 +40,9 @@ def onnx_signature(path: Path) -> dict:
             "inputs": values(model.graph.input), "outputs": values(model.graph.output)}
 
 
-def mindir_signature(path: Path, output_names: Sequence[str]) -> dict:
-    """MindIR names its inputs `<graph>:<argument>` and its outputs one tuple of tensors, given
-    here the names the task records, in order."""
-    import mindspore as ms
-
-    model = ms.load_mindir(str(path))
+def mindir_signature(model, output_names: Sequence[str]) -> dict:
+    """`model`: a MindIR ModelProto. MindIR names its inputs `<graph>:<argument>` and its outputs
+    one tuple of tensors, given here the names the task records, in order."""
 
     def shown(tensor) -> dict:
         return {"dtype": ELEMENT_TYPES.get(tensor.data_type, str(tensor.data_type)),

@@ -57,3 +57,40 @@ def test_a_graph_that_is_not_one_is_refused_in_one_line(tmp_path):
         (tmp_path / name).write_bytes(b"\x08\x07garbage that is no protobuf model")
         result = run_cli("inspect", tmp_path / name)
         assert result.exit_code == 1 and result.output.startswith("Error: ") and result.output.count("\n") == 1
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "mindir"])
+def test_what_a_graph_says_is_read_without_its_weights(graphs, fmt, monkeypatch):
+    """inspect, predict and validation read a graph's metadata and signature; a one-file graph's
+    weights are most of it and are skipped, not read (a process about to load the graph would
+    otherwise hold them twice more)."""
+    import onnx
+    from mindspore.train.mind_ir_pb2 import ModelProto
+
+    from maeconv.runtimes import inline
+
+    path = graphs[fmt]
+    model_type, tensors = (onnx.ModelProto, "initializer") if fmt == "onnx" else (ModelProto, "parameter")
+    read = []
+    original = inline._Walker.read
+    monkeypatch.setattr(inline._Walker, "read", lambda self, start, end: read.append(end - start) or
+                        original(self, start, end))
+    skeleton = inline.read_skeleton(path, model_type, tensors)
+    whole = model_type()
+    whole.ParseFromString(path.read_bytes())
+    weights = sum(len(t.raw_data) for t in getattr(whole.graph, tensors))
+    assert weights > 0.3 * path.stat().st_size
+    assert sum(read) <= path.stat().st_size - weights
+    for tensor in getattr(whole.graph, tensors):
+        tensor.ClearField("raw_data")
+    assert skeleton == whole
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "mindir"])
+def test_a_truncated_graph_is_refused_in_one_line(graphs, fmt, tmp_path):
+    data = graphs[fmt].read_bytes()
+    cut = tmp_path / graphs[fmt].name
+    cut.write_bytes(data[:len(data) // 2])
+    result = run_cli("inspect", cut)
+    assert result.exit_code == 1 and result.output.startswith(f"Error: {cut}: not a readable")
+    assert result.output.count("\n") == 1

@@ -127,7 +127,7 @@ def weight_bytes(path, fmt):
         return sum(len(t.raw_data) for t in onnx.load(path).graph.initializer if t.data_type in (1, 10))
     from maeconv.runtimes.ascend.mindir import read_mindir
 
-    return sum(len(p.raw_data) for p in read_mindir(path).graph.parameter)
+    return sum(len(p.raw_data) for p in read_mindir(path, weights=True).graph.parameter)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "mindir"])

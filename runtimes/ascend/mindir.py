@@ -66,7 +66,7 @@ def _inline_variables(path: Path) -> None:
         where = tensor.external_data
         return (where.location, where.offset, where.length) if where.location else None
 
-    for data in inline(path, read_mindir(path), "parameter", locate, lambda t: t.ClearField("external_data")):
+    for data in inline(path, read_mindir(path, weights=True), "parameter", locate, lambda t: t.ClearField("external_data")):
         remove_written(path.parent / Path(data).parent)
 
 
@@ -101,11 +101,16 @@ class MindIRRunner(Runner):
         return self._named(t.asnumpy() for t in outputs)
 
 
-def read_mindir(path: str | os.PathLike):
+def read_mindir(path: str | os.PathLike, weights: bool = False):
     """The file's ModelProto, parsed as mindspore.load_mindir does (that function is deprecated since
-    MindSpore 2.5 and says so on stderr at every call)."""
+    MindSpore 2.5 and says so on stderr at every call); without its parameters' bytes unless
+    `weights` (a process about to run the graph would otherwise hold them twice more)."""
     from mindspore.train.mind_ir_pb2 import ModelProto
 
+    from ..inline import read_skeleton
+
+    if not weights:
+        return read_skeleton(path, ModelProto, "parameter")
     model = ModelProto()
     with open(path, "rb") as f:
         model.ParseFromString(f.read())
@@ -169,4 +174,4 @@ weight_files = mindir_variables
 def signature(path: Path, outputs) -> dict:
     from ..signature import mindir_signature, readable
 
-    return readable(path, "MindIR file", lambda: mindir_signature(path, outputs))
+    return readable(path, "MindIR file", lambda: mindir_signature(read_mindir(path), outputs))

@@ -28,11 +28,19 @@ def weights_bytes(model) -> int:
                if value.const_value is not None)
 
 
-def external_data(path: str | os.PathLike) -> list[str]:
-    """The files, relative to the graph's folder, that hold an ONNX file's external weights."""
+def read_onnx(path: str | os.PathLike):
+    """The file's ModelProto without its initializers' bytes (inline or external): what the file
+    says about itself, at the memory cost of its graph."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    from ..inline import read_skeleton
+
+    return read_skeleton(path, onnx.ModelProto, "initializer")
+
+
+def external_data(path: str | os.PathLike) -> list[str]:
+    """The files, relative to the graph's folder, that hold an ONNX file's external weights."""
+    model = read_onnx(path)
     return sorted({entry.value for tensor in model.graph.initializer for entry in tensor.external_data
                    if entry.key == "location"})
 
@@ -109,8 +117,7 @@ def fuse_transformer(src: str | os.PathLike, dst: str | os.PathLike, config) -> 
         model = optimizer.optimize_model(str(src), model_type="vit", num_heads=config.num_heads,
                                          hidden_size=config.embed_dim, opt_level=0, use_gpu=False)
     counts = {op: n for op, n in model.get_fused_operator_statistics().items() if n}
-    original = onnx.load(str(src), load_external_data=False)
-    onnx.helper.set_model_props(model.model, {p.key: p.value for p in original.metadata_props})
+    onnx.helper.set_model_props(model.model, {p.key: p.value for p in read_onnx(src).metadata_props})
     large = sum(t.ByteSize() for t in model.model.graph.initializer) > runners.SPLIT_BYTES
     model.save_model_to_file(str(dst), use_external_data_format=large)
     return counts

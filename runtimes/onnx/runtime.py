@@ -33,10 +33,10 @@ def load(path: Path, threads: int = 0):
 
 
 def file_metadata(path: Path) -> dict[str, str]:
-    import onnx
+    from .export import read_onnx
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = read_onnx(path)
     except Exception as error:  # protobuf's DecodeError and friends
         raise MaeconvError(f"{path}: not a readable ONNX model ({str(error).strip() or type(error).__name__})") \
             from None
@@ -45,8 +45,9 @@ def file_metadata(path: Path) -> dict[str, str]:
 
 def signature(path: Path, outputs) -> dict:
     from ..signature import onnx_signature, readable
+    from .export import read_onnx
 
-    return readable(path, "ONNX model", lambda: onnx_signature(path))
+    return readable(path, "ONNX model", lambda: onnx_signature(read_onnx(path)))
 
 
 def weight_files(path: Path) -> list[str]:
