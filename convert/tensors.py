@@ -1,6 +1,7 @@
 """Tensors known by dtype and shape before their bytes are read: conversions stream one at a time."""
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import mmap
 import os
@@ -13,6 +14,11 @@ import numpy as np
 
 from . import libc
 from ..errors import MaeconvError
+
+try:  # ISA-L's CRC-32: 12 GB/s here against zlib's 2.4-3.5 (both free the GIL for the writer thread)
+    from isal.isal_zlib import crc32
+except ImportError:  # a platform without its wheel: the same values, slower
+    from zlib import crc32
 
 
 # Bytes per step when tensors are copied file to file: small enough to stay in the CPU cache.
@@ -59,6 +65,17 @@ class TensorRef:
         if array.dtype != self.dtype or tuple(array.shape) != self.shape:
             raise MaeconvError(f"tensor data is {array.dtype}{array.shape}, its header says {self.dtype}{self.shape}")
         return array
+
+    def mapped(self) -> np.ndarray:
+        """The data to read, not to keep or change: where its bytes lie in a file as they are, a
+        read-only map of them (a transform then reads the page cache itself, with no copy into
+        fresh memory the kernel must first clear); else `load()`."""
+        if self.span is None:
+            return self.load()
+        data = _map_region(self.span.path, self.span.offset, self.nbytes)
+        if data is None:
+            raise MaeconvError(f"{self.span.path}: file ends inside a tensor (truncated)")
+        return data.view(self.dtype).reshape(self.shape)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         """The data, read now: a model can be filled from references one tensor at a time."""
@@ -131,25 +148,26 @@ class Verdict:
     offset: int   # where its bytes start in the file
     equal: bool   # the file holds exactly the bytes meant for it
     finite: bool  # no NaN or Inf among them (True unless asked to check)
+    crc: int = 0  # their CRC-32, if asked for (zip entries need it)
 
 
 def write_stream(path, pieces: Iterable[Piece], expected_size: int = 0, check_finite: bool = False,
-                 progress: Callable[[int], None] | None = None) -> dict[str, Verdict]:
+                 progress: Callable[[int], None] | None = None, crc: bool = False) -> dict[str, Verdict]:
     """Writes `pieces` to a new file at `path`, `expected_size` bytes (no more than it will hold)
     reserved on disk first, and returns a verdict per named tensor. Each tensor goes out in cache-sized chunks (file spans
     straight from a memory map of their source); a second thread reads every chunk back from the
     file right after it is written and compares it with the bytes meant for it, while both are
-    still in the CPU cache, so the check adds little memory traffic to the copy. `progress` hears
-    of each tensor's bytes once written and once verified."""
-    with open(path, "wb", buffering=0) as out, _ReadBack(path, check_finite, progress) as read_back:
+    still in the CPU cache, so the check adds little memory traffic to the copy; with `crc`, that
+    thread also computes each tensor's CRC-32 from them. `progress` hears of each tensor's bytes
+    once written and once verified."""
+    with open(path, "wb", buffering=0) as out, _ReadBack(path, check_finite, progress, crc) as read_back:
         reserve(out, expected_size)
-        for piece in pieces:
+        for piece, data in _bytes_ahead(pieces):
             if not isinstance(piece, tuple):
-                write_all(out, piece)
+                write_all(out, data)
                 continue
             name, ref = piece
             offset = out.tell()
-            data = tensor_bytes(ref)
             for start in range(0, ref.nbytes, COPY_CHUNK):
                 write_all(out, data[start:start + COPY_CHUNK])
                 read_back.expect(offset + start, data[start:start + COPY_CHUNK], ref.dtype)
@@ -158,6 +176,25 @@ def write_stream(path, pieces: Iterable[Piece], expected_size: int = 0, check_fi
                 progress(ref.nbytes)
             read_back.judge(name, offset, ref.nbytes)
     return read_back.verdicts
+
+
+def _bytes_ahead(pieces: Iterable[Piece]):
+    """(piece, its bytes), in order; a tensor's bytes (a transposed copy, or a map loaded up front)
+    are made on another thread while the piece before is written, so that work and the kernel's
+    copy into the page cache run side by side. Two tensors' bytes are held at most."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="maeconv-ahead") as ahead:
+        waiting = None
+        for piece in pieces:
+            coming = (piece, ahead.submit(tensor_bytes, piece[1]) if isinstance(piece, tuple) else None)
+            if waiting is not None:
+                yield _ready(*waiting)
+            waiting = coming
+        if waiting is not None:
+            yield _ready(*waiting)
+
+
+def _ready(piece: Piece, future) -> tuple[Piece, object]:
+    return piece, (future.result() if future is not None else piece)
 
 
 def tensor_bytes(ref: TensorRef) -> np.ndarray:
@@ -178,9 +215,9 @@ class _ReadBack:
     # the bytes are still in cache.
     MAX_WAITING = 32
 
-    def __init__(self, path, check_finite: bool, progress: Callable[[int], None] | None):
+    def __init__(self, path, check_finite: bool, progress: Callable[[int], None] | None, crc: bool = False):
         self.file = open(path, "rb", buffering=0)
-        self.check_finite, self.progress = check_finite, progress
+        self.check_finite, self.progress, self.crc = check_finite, progress, crc
         self.jobs: queue.Queue = queue.Queue(self.MAX_WAITING)
         self.verdicts: dict[str, Verdict] = {}
         self.error: BaseException | None = None
@@ -206,12 +243,14 @@ class _ReadBack:
     def _run(self) -> None:
         buffer = np.empty(COPY_CHUNK, np.uint8)
         equal = finite = True
+        crc = 0
         try:
             while (job := self.jobs.get()) is not None:
                 if isinstance(job[0], str):
                     name, offset, nbytes = job
-                    self.verdicts[name] = Verdict(offset, equal, finite)
+                    self.verdicts[name] = Verdict(offset, equal, finite, crc)
                     equal = finite = True
+                    crc = 0
                     if self.progress:
                         self.progress(nbytes)
                     continue
@@ -223,6 +262,8 @@ class _ReadBack:
                         got = None
                     equal, chunk_finite = _arrays_equal(chunk, got, dtype, self.check_finite and finite)
                     finite = finite and chunk_finite
+                    if self.crc and equal:
+                        crc = crc32(got, crc)
                 del chunk
         except BaseException as error:  # raised by the writing thread once it is done
             self.error = error
@@ -260,11 +301,6 @@ def _map_region(path: str, offset: int, nbytes: int) -> np.ndarray | None:
         mapping = mmap.mmap(f.fileno(), nbytes + start, flags=_MAP_LOADED, prot=mmap.PROT_READ,
                             offset=offset - start)
     return np.frombuffer(mapping, np.uint8, nbytes, start)
-
-
-def region_equal(path, offset: int, data: np.ndarray, dtype: np.dtype) -> tuple[bool, bool]:
-    """(whether a file region holds exactly `data`'s bytes, whether they hold no NaN or Inf)."""
-    return _arrays_equal(data, _map_region(str(path), offset, data.size), dtype, check_finite=True)
 
 
 def spans_equal(a: Span, b: Span, nbytes: int, dtype: np.dtype) -> tuple[bool, bool]:

@@ -3,6 +3,7 @@ import argparse
 import collections
 import subprocess
 import sys
+import zipfile
 
 import ml_dtypes
 import numpy as np
@@ -131,11 +132,23 @@ def test_torch_zip_reader_matches_torch_load(tmp_path):
 
 
 @pytest.mark.parametrize("mmap", [False, True])
-def test_torch_zip_written_loads_in_torch(tmp_path, mmap):
+@pytest.mark.parametrize("zip64", [False, True])
+def test_torch_zip_written_loads_in_torch(tmp_path, mmap, zip64, monkeypatch):
+    """Every entry's CRC-32 (computed by the read-back thread) checks out, in zip's own reader and in
+    torch's; with zip64 fields (checkpoints over 4 GiB need them: here lowered to 64 bytes) too."""
+    if zip64:
+        monkeypatch.setattr(torchzip, "ZIP64_FROM", 64)
     arrays = {**ARRAYS, "bool": np.array([True, False]), "empty": np.zeros((0, 4), np.float16),
-              "wide": np.arange(70_000, dtype=np.int32)}
+              "wide": np.arange(70_000, dtype=np.int32), "long": RNG.standard_normal(3 * COPY_CHUNK // 8)}
     path = tmp_path / "w.pth"
-    torchzip.write(path, _refs(arrays))
+    verdicts = torchzip.write(path, _refs(arrays))
+    assert all(v.equal for v in verdicts.values())
+    with zipfile.ZipFile(path) as archive:
+        assert archive.testzip() is None
+        infos = archive.infolist()
+        assert any(i.extra.startswith(b"\x01\x00") for i in infos) == zip64  # a zip64 extra field
+    read_back = torchzip.read(path)["model"]
+    assert all(_same(read_back[name].load(), array) for name, array in arrays.items() if name != "d.bf16")
     state = torch.load(path, weights_only=True, mmap=mmap)["model"]  # mmap needs the aligned entries
     assert isinstance(state, collections.OrderedDict) and list(state) == list(arrays)
     for name, array in arrays.items():
@@ -264,6 +277,36 @@ def test_write_stream_raises_a_read_back_failure_without_hanging(tmp_path, monke
     with pytest.raises(RuntimeError, match="read-back broke"):
         tensors.write_stream(tmp_path / "out.bin", _streamed(tmp_path, {"a": np.ones(10_000, np.float32)}),
                              check_finite=True)
+
+
+def test_write_stream_raises_a_failure_to_make_a_tensor_after_the_pieces_before_it(tmp_path):
+    """Tensors' bytes are made one ahead on another thread: a failure there reaches the caller, in
+    order, and nothing waits forever."""
+    from maeconv.errors import MaeconvError
+    from maeconv.convert import tensors
+
+    def truncated():
+        raise MaeconvError("src.pth: file ends inside a tensor (truncated)")
+
+    made = []
+    good = TensorRef(np.dtype(np.float32), (4,), lambda: made.append("good") or np.ones(4, np.float32))
+    pieces = [b"head", ("good", good), ("bad", TensorRef(np.dtype(np.float32), (4,), truncated)),
+              ("never", TensorRef(np.dtype(np.float32), (4,), lambda: made.append("never") or np.ones(4, np.float32)))]
+    with pytest.raises(MaeconvError, match="truncated"):
+        tensors.write_stream(tmp_path / "out.bin", pieces)
+    assert made[0] == "good"  # the next one may have been made ahead already; it is not written
+    assert (tmp_path / "out.bin").read_bytes() == b"head" + np.ones(4, np.float32).tobytes()
+
+
+def test_a_mapped_tensor_is_the_file_bytes_read_only(tmp_path):
+    array = RNG.standard_normal((3, 5)).astype(np.float32)
+    (tmp_path / "t.bin").write_bytes(b"x" * 7 + array.tobytes())
+    ref = TensorRef.in_file(tmp_path / "t.bin", array.dtype, array.shape, 7)
+    mapped = ref.mapped()
+    assert _same(mapped, array) and not mapped.flags.writeable
+    assert _same(TensorRef.of(array).mapped(), array)  # no file: the data itself
+    with pytest.raises(Exception, match="truncated"):
+        TensorRef.in_file(tmp_path / "t.bin", array.dtype, (4, 5), 7).mapped()
 
 
 def test_a_safetensors_header_whose_length_starts_like_a_pickle_reads_as_safetensors(tmp_path):

@@ -94,8 +94,7 @@ def write(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping, **read_
     (extras['torch_keys']: ('model', 'args') by default, OpenMMLab's ('state_dict', 'meta')); each
     tensor is judged as it is written (see torchzip.write)."""
     state_key, settings_key = extras.get("torch_keys", DEFAULT_KEYS)
-    return torchzip.write(path, tensors, extras.get(settings_key), state_key, settings_key,
-                          read_back.get("progress"))
+    return torchzip.write(path, tensors, extras.get(settings_key), state_key, settings_key, **read_back)
 
 
 def extras_for(config, kind: str, tag: str) -> dict:

@@ -12,6 +12,7 @@ malformed raises MaeconvError.
 from __future__ import annotations
 
 import io
+import os
 import re
 import struct
 import zipfile
@@ -23,8 +24,7 @@ from typing import Mapping
 import numpy as np
 
 from ...errors import MaeconvError
-from ..tensors import (COPY_CHUNK, MAX_TENSORS, TensorRef, Verdict, read_file_array, region_equal, reserve,
-                       tensor_bytes)
+from ..tensors import COPY_CHUNK, MAX_TENSORS, TensorRef, Verdict, read_file_array, write_all, write_stream
 from . import identify
 from .torchpickle import (MAX_PICKLE_BYTES, STORAGE_DTYPES, Invalid, Storage, StorageTable, Unsupported,
                           contiguous_strides, file_storage, unpickle)
@@ -278,53 +278,92 @@ RECORDS_AFTER = {"version": b"3\n"}
 
 
 def write(path: Path, tensors: Mapping[str, TensorRef], args: Mapping[str, object] | None = None,
-          state_key: str = "model", args_key: str = "args", progress=None) -> dict[str, Verdict]:
+          state_key: str = "model", args_key: str = "args", **read_back) -> dict[str, Verdict]:
     """Writes {'model': state_dict, 'args': {...}} (or under other keys) as torch.save lays it out: a
     zip of data.pkl and one stored, aligned entry per tensor. `args` is a plain dict of strings,
     numbers and booleans (not the reference's argparse.Namespace, which torch.load(weights_only=True)
-    refuses). Tensor bytes stream in from their source files, one chunk at a time, so memory stays
-    near one tensor. Each entry is read back from the file once written and compared with the bytes
-    meant for it while they are at hand (a transposed tensor is not computed a second time to be
-    checked); the verdicts say where each tensor's bytes start."""
-    verdicts = {}
-    with open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
-        reserve(f, sum(ref.nbytes for ref in tensors.values()))
-        _add(archive, "data.pkl", _state_dict_pickle(tensors, args, state_key, args_key))
-        for name, data in RECORDS_BEFORE.items():
-            _add(archive, name, data)
-        for key, (name, ref) in enumerate(tensors.items()):
-            data = tensor_bytes(ref)
-            with archive.open(_aligned_entry(archive, f"data/{key}", ref.nbytes), "w") as entry:
-                offset = f.tell()
-                for start in range(0, ref.nbytes, COPY_CHUNK):
-                    entry.write(data[start:start + COPY_CHUNK])
-            f.flush()
-            if progress:
-                progress(ref.nbytes)
-            equal, finite = region_equal(path, offset, data, ref.dtype)
-            verdicts[name] = Verdict(offset, equal, finite)
-            if progress:
-                progress(ref.nbytes)
-            del data
-        for name, data in RECORDS_AFTER.items():
-            _add(archive, name, data)
+    refuses). The tensors stream through `write_stream` (which takes `read_back`'s options): its
+    second thread reads each chunk back, compares it and adds it to the entry's CRC-32, so the
+    checksum zip needs costs the writing thread nothing; each local header gets its CRC once the
+    entry is written, and the central directory follows."""
+    archive = _ZipPlan()
+    pieces = [archive.entry("data.pkl", _state_dict_pickle(tensors, args, state_key, args_key))]
+    pieces += [archive.entry(name, data) for name, data in RECORDS_BEFORE.items()]
+    for key, (name, ref) in enumerate(tensors.items()):
+        pieces += [archive.header(f"data/{key}", ref.nbytes), (name, ref)]
+    pieces += [archive.entry(name, data) for name, data in RECORDS_AFTER.items()]
+    verdicts = write_stream(path, pieces, archive.size, crc=True, **read_back)
+    with open(path, "r+b", buffering=0) as f:
+        for verdict in verdicts.values():
+            archive.set_crc(f, verdict.offset, verdict.crc)
+        f.seek(archive.size)
+        write_all(f, archive.central_directory())
     return verdicts
 
 
-def _add(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
-    archive.writestr(_aligned_entry(archive, name, len(data)), data)
+ZIP64_MARK = 0xFFFFFFFF  # a 32-bit field holding it says: the value is in the zip64 extra field
+ZIP64_FROM = ZIP64_MARK  # sizes and offsets from here on go to zip64 fields (tests lower it)
+DOS_DATE = 1 << 5 | 1    # 1980-01-01 00:00, the date torch.save gives every entry
+LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+CENTRAL_HEADER = struct.Struct("<4sHHHHHHIIIHHHHHII")
+CRC_AT = 14              # where a local header holds the CRC-32
 
 
-def _aligned_entry(archive: zipfile.ZipFile, name: str, size: int) -> zipfile.ZipInfo:
-    """An entry whose data will start on an ALIGNMENT boundary: its local header is padded with an
-    extra field, as torch.save pads it."""
-    info = zipfile.ZipInfo(f"{ARCHIVE}/{name}", date_time=(1980, 1, 1, 0, 0, 0))
-    info.compress_type, info.file_size = zipfile.ZIP_STORED, size
-    zip64_extra = 20 if size * 1.05 > zipfile.ZIP64_LIMIT else 0  # what zipfile adds to large entries
-    header_end = archive.fp.tell() + 30 + len(info.filename.encode()) + 4 + zip64_extra
-    padding = -header_end % ALIGNMENT
-    info.extra = struct.pack("<HH", 0x4246, padding) + b"Z" * padding  # 'FB', torch's padding record
-    return info
+class _ZipPlan:
+    """The zip structure around the entries' bytes, laid out as they are added: every entry
+    stored, its data starting on an ALIGNMENT boundary (the local header padded with torch's 'FB'
+    extra field), zip64 fields where a size or offset needs them."""
+
+    def __init__(self):
+        self.entries: list[tuple[bytes, int, int]] = []  # (name, local header offset, size)
+        self.crcs: dict[int, int] = {}                   # local header offset -> CRC-32
+        self.header_of: dict[int, int] = {}              # data offset -> local header offset
+        self.size = 0
+
+    def entry(self, name: str, data: bytes) -> bytes:
+        """A small record whole: its header and its bytes."""
+        return self.header(name, len(data), zlib.crc32(data)) + data
+
+    def header(self, name: str, size: int, crc: int = 0) -> bytes:
+        encoded = f"{ARCHIVE}/{name}".encode()
+        zip64 = size >= ZIP64_FROM
+        extra = struct.pack("<HHQQ", 1, 16, size, size) if zip64 else b""
+        padding = -(self.size + LOCAL_HEADER.size + len(encoded) + len(extra) + 4) % ALIGNMENT
+        extra += struct.pack("<HH", 0x4246, padding) + b"Z" * padding
+        stated = ZIP64_MARK if zip64 else size
+        head = LOCAL_HEADER.pack(b"PK\x03\x04", 45 if zip64 else 20, 0, zipfile.ZIP_STORED, 0, DOS_DATE, crc,
+                                 stated, stated, len(encoded), len(extra)) + encoded + extra
+        self.entries.append((encoded, self.size, size))
+        self.crcs[self.size] = crc
+        self.header_of[self.size + len(head)] = self.size
+        self.size += len(head) + size
+        return head
+
+    def set_crc(self, f, data_offset: int, crc: int) -> None:
+        """Fills in the CRC of the entry whose data starts at `data_offset`."""
+        header = self.header_of[data_offset]
+        self.crcs[header] = crc
+        os.pwrite(f.fileno(), struct.pack("<I", crc), header + CRC_AT)
+
+    def central_directory(self) -> bytes:
+        records = []
+        for name, offset, size in self.entries:
+            wide = ([size, size] if size >= ZIP64_FROM else []) + ([offset] if offset >= ZIP64_FROM else [])
+            extra = struct.pack(f"<HH{len(wide)}Q", 1, 8 * len(wide), *wide) if wide else b""
+            version = 45 if wide else 20
+            stated_size = ZIP64_MARK if size >= ZIP64_FROM else size
+            records.append(CENTRAL_HEADER.pack(
+                b"PK\x01\x02", 3 << 8 | version, version, 0, zipfile.ZIP_STORED, 0, DOS_DATE, self.crcs[offset],
+                stated_size, stated_size, len(name), len(extra), 0, 0, 0, 0o600 << 16,
+                ZIP64_MARK if offset >= ZIP64_FROM else offset) + name + extra)
+        directory = b"".join(records)
+        count, start, length = len(records), self.size, len(directory)
+        if count < 0xFFFF and start < ZIP64_FROM and length < ZIP64_FROM:
+            return directory + struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, count, count, length, start, 0)
+        zip64_end = struct.pack("<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, count, count, length, start)
+        locator = struct.pack("<4sIQI", b"PK\x06\x07", 0, start + length, 1)
+        end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, ZIP64_MARK, ZIP64_MARK, 0)
+        return directory + zip64_end + locator + end
 
 
 def _state_dict_pickle(tensors: Mapping[str, TensorRef], args: Mapping[str, object] | None = None,
