@@ -1,6 +1,6 @@
 """Conversion speed and memory: every scheme x format as source and as target, against `cp`.
 
-    python tests/benchmarks/bench_convert.py [--preset mae_vit_huge_patch14] [--dir DIR] [--repeat 2]
+    python tests/benchmarks/bench_convert.py [--preset mae_vit_huge_patch14] [--dir DIR] [--repeat 3]
                                              [--only TEXT] [--naive]
 
 Builds a full checkpoint of the preset in the official layout (random weights; 2.6 GB for huge),
@@ -11,6 +11,8 @@ then, on the same disk, one at a time, each command in its own process with `syn
   `maeconv convert` of that into the official torch file is timed, beside `cp` of it;
 - as target: `maeconv convert` of the official torch file into each scheme x format is timed,
   beside `cp` of the official file.
+
+A conversion and its `cp` run in turn, `--repeat` times each; the best of each is reported.
 
 Each row is held to its goal: paths that only rename (and copy bytes) <= 1.2x `cp` of the same
 bytes, paths that transpose or split <= 2.0x; peak RSS (the command's maximum resident set) below
@@ -92,12 +94,24 @@ def measure(command: list[str]) -> tuple[float, int, float]:
 
 def best(command: list[str], repeat: int, output: Path | None) -> tuple[float, int, float]:
     """The best wall and CPU time of `repeat` runs, and the largest peak RSS."""
-    results = []
+    return side_by_side([(command, output)], repeat)[0]
+
+
+def side_by_side(commands: list[tuple[list[str], Path | None]], repeat: int) -> list[tuple[float, int, float]]:
+    """`best` of each command, their runs taken in turn (a, b, a, b, ...): on a virtual machine whose
+    host backs memory lazily, the cost of writing to the page cache drifts by several times from
+    one minute to the next (a 2.6 GB `cp` took 0.9 s and 11 s on the same afternoon), so a command
+    and the `cp` it is held to are measured under the same conditions, several times."""
+    results: list[list[tuple[float, int, float]]] = [[] for _ in commands]
     for _ in range(repeat):
+        for index, (command, output) in enumerate(commands):
+            if output is not None:
+                remove(output)
+            results[index].append(measure(command))
+    for _, output in commands:
         if output is not None:
             remove(output)
-        results.append(measure(command))
-    return min(r[0] for r in results), max(r[1] for r in results), min(r[2] for r in results)
+    return [(min(r[0] for r in runs), max(r[1] for r in runs), min(r[2] for r in runs)) for runs in results]
 
 
 def remove(path: Path) -> None:
@@ -144,7 +158,7 @@ def row(direction: str, layout: Layout, kind: str, run: tuple, cp: tuple, size: 
 def run_matrix(work: Path, official: Path, layouts: list[Layout], repeat: int, shard: int) -> list[dict]:
     rows = []
     size = size_of(official)
-    cp_official = best(["cp", str(official), str(work / "copy")], repeat, work / "copy")
+    cp_official = (["cp", str(official), str(work / "copy")], work / "copy")
     for layout in layouts:  # as source: layout -> the official torch file
         source = official if layout == OFFICIAL else layout.path(work, "source")
         if layout != OFFICIAL:
@@ -152,20 +166,19 @@ def run_matrix(work: Path, official: Path, layouts: list[Layout], repeat: int, s
                            capture_output=True)
         back = work / "back.pth"
         kind = transforms(source, back, ["--to", "facebook"])
-        cp = best(["cp", "-r", str(source), str(work / "copy")], repeat, work / "copy")
-        rows.append(row("from", layout, kind, best([*MAECONV, "convert", str(source), str(back), "--to", "facebook"],
-                                                   repeat, back), cp, size_of(source)))
+        run, cp = side_by_side([([*MAECONV, "convert", str(source), str(back), "--to", "facebook"], back),
+                                (["cp", "-r", str(source), str(work / "copy")], work / "copy")], repeat)
+        rows.append(row("from", layout, kind, run, cp, size_of(source)))
         show(rows[-1])
-        remove(back)
         if layout != OFFICIAL:
             remove(source)
     for layout in layouts:  # as target: the official torch file -> layout
         target = layout.path(work, "target")
         kind = transforms(official, target, layout.flags(shard))
-        rows.append(row("to", layout, kind, best([*MAECONV, "convert", str(official), str(target),
-                                                  *layout.flags(shard)], repeat, target), cp_official, size))
+        run, cp = side_by_side([([*MAECONV, "convert", str(official), str(target), *layout.flags(shard)], target),
+                                cp_official], repeat)
+        rows.append(row("to", layout, kind, run, cp, size))
         show(rows[-1])
-        remove(target)
     return rows
 
 
@@ -192,7 +205,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="mae_vit_huge_patch14")
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: a temporary one)")
-    parser.add_argument("--repeat", type=int, default=2, help="runs of each command; the best is reported")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each command; the best is reported")
     parser.add_argument("--only", default="", help="only the scheme x format layouts whose label holds this text")
     parser.add_argument("--naive", action="store_true", help="add the naive pipeline (about 20 s a run for huge)")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
