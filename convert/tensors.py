@@ -181,7 +181,8 @@ def write_stream(path, pieces: Iterable[Piece], expected_size: int = 0, check_fi
 def _bytes_ahead(pieces: Iterable[Piece]):
     """(piece, its bytes), in order; a tensor's bytes (a transposed copy, or a map loaded up front)
     are made on another thread while the piece before is written, so that work and the kernel's
-    copy into the page cache run side by side. Two tensors' bytes are held at most."""
+    copy into the page cache run side by side: two tensors' bytes at most, besides the chunks the
+    read-back has yet to compare."""
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="maeconv-ahead") as ahead:
         waiting = None
         for piece in pieces:

@@ -73,3 +73,17 @@ def test_scheme_names_and_aliases():
     assert get_scheme("timm") is FACEBOOK and get_scheme("mindspore") is MINDSPORE
     with pytest.raises(KeyError, match="facebook"):
         get_scheme("caffe")
+
+
+@pytest.mark.parametrize("shape", [(96, 1280), (1280, 96), (40, 2049), (2049, 40), (3, 5000), (1, 7), (0, 100), (100, 0)])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_blocked_transpose_gives_numpys_bytes(shape, dtype):
+    """Bands for narrow rows, tiles for rows over 8 KiB (2049 float32): both the bytes of `a.T`."""
+    import ml_dtypes
+
+    from maeconv.convert.schemes import transposed
+
+    array = np.random.default_rng(0).standard_normal(shape).astype(getattr(ml_dtypes, dtype, dtype))
+    out = transposed(array)
+    assert out.shape == shape[::-1] and out.dtype == array.dtype and out.flags.c_contiguous
+    assert out.tobytes() == np.ascontiguousarray(array.T).tobytes()
