@@ -154,8 +154,8 @@ class Verdict:
 def write_stream(path, pieces: Iterable[Piece], expected_size: int = 0, check_finite: bool = False,
                  progress: Callable[[int], None] | None = None, crc: bool = False) -> dict[str, Verdict]:
     """Writes `pieces` to a new file at `path`, `expected_size` bytes (no more than it will hold)
-    reserved on disk first, and returns a verdict per named tensor. Each tensor goes out in cache-sized chunks (file spans
-    straight from a memory map of their source); a second thread reads every chunk back from the
+    reserved on disk first, and returns a verdict per named tensor. Each tensor goes out in
+    cache-sized chunks (file spans straight from a memory map of their source); a second thread reads every chunk back from the
     file right after it is written and compares it with the bytes meant for it, while both are
     still in the CPU cache, so the check adds little memory traffic to the copy; with `crc`, that
     thread also computes each tensor's CRC-32 from them. `progress` hears of each tensor's bytes
@@ -200,12 +200,7 @@ def _ready(piece: Piece, future) -> tuple[Piece, object]:
 
 def tensor_bytes(ref: TensorRef) -> np.ndarray:
     """A tensor's bytes: mapped from its file where it has one, else computed."""
-    if not ref.span:
-        return np.ascontiguousarray(ref.load()).reshape(-1).view(np.uint8)
-    data = _map_region(ref.span.path, ref.span.offset, ref.nbytes)
-    if data is None:
-        raise MaeconvError(f"{ref.span.path}: file ends inside a tensor (truncated)")
-    return data
+    return np.ascontiguousarray(ref.mapped()).reshape(-1).view(np.uint8)
 
 
 class _ReadBack:

@@ -309,15 +309,21 @@ CENTRAL_HEADER = struct.Struct("<4sHHHHHHIIIHHHHHII")
 CRC_AT = 14              # where a local header holds the CRC-32
 
 
+@dataclass
+class _PlannedEntry:
+    name: bytes
+    header: int   # where its local header starts
+    size: int
+    crc: int
+
+
 class _ZipPlan:
     """The zip structure around the entries' bytes, laid out as they are added: every entry
     stored, its data starting on an ALIGNMENT boundary (the local header padded with torch's 'FB'
     extra field), zip64 fields where a size or offset needs them."""
 
     def __init__(self):
-        self.entries: list[tuple[bytes, int, int]] = []  # (name, local header offset, size)
-        self.crcs: dict[int, int] = {}                   # local header offset -> CRC-32
-        self.header_of: dict[int, int] = {}              # data offset -> local header offset
+        self.entries: dict[int, _PlannedEntry] = {}  # by where its data starts, in file order
         self.size = 0
 
     def entry(self, name: str, data: bytes) -> bytes:
@@ -333,27 +339,26 @@ class _ZipPlan:
         stated = ZIP64_MARK if zip64 else size
         head = LOCAL_HEADER.pack(b"PK\x03\x04", 45 if zip64 else 20, 0, zipfile.ZIP_STORED, 0, DOS_DATE, crc,
                                  stated, stated, len(encoded), len(extra)) + encoded + extra
-        self.entries.append((encoded, self.size, size))
-        self.crcs[self.size] = crc
-        self.header_of[self.size + len(head)] = self.size
+        self.entries[self.size + len(head)] = _PlannedEntry(encoded, self.size, size, crc)
         self.size += len(head) + size
         return head
 
     def set_crc(self, f, data_offset: int, crc: int) -> None:
         """Fills in the CRC of the entry whose data starts at `data_offset`."""
-        header = self.header_of[data_offset]
-        self.crcs[header] = crc
-        os.pwrite(f.fileno(), struct.pack("<I", crc), header + CRC_AT)
+        entry = self.entries[data_offset]
+        entry.crc = crc
+        os.pwrite(f.fileno(), struct.pack("<I", crc), entry.header + CRC_AT)
 
     def central_directory(self) -> bytes:
         records = []
-        for name, offset, size in self.entries:
+        for entry in self.entries.values():
+            name, offset, size = entry.name, entry.header, entry.size
             wide = ([size, size] if size >= ZIP64_FROM else []) + ([offset] if offset >= ZIP64_FROM else [])
             extra = struct.pack(f"<HH{len(wide)}Q", 1, 8 * len(wide), *wide) if wide else b""
             version = 45 if wide else 20
             stated_size = ZIP64_MARK if size >= ZIP64_FROM else size
             records.append(CENTRAL_HEADER.pack(
-                b"PK\x01\x02", 3 << 8 | version, version, 0, zipfile.ZIP_STORED, 0, DOS_DATE, self.crcs[offset],
+                b"PK\x01\x02", 3 << 8 | version, version, 0, zipfile.ZIP_STORED, 0, DOS_DATE, entry.crc,
                 stated_size, stated_size, len(name), len(extra), 0, 0, 0, 0o600 << 16,
                 ZIP64_MARK if offset >= ZIP64_FROM else offset) + name + extra)
         directory = b"".join(records)

@@ -66,7 +66,8 @@ def _inline_variables(path: Path) -> None:
         where = tensor.external_data
         return (where.location, where.offset, where.length) if where.location else None
 
-    for data in inline(path, read_mindir(path, weights=True), "parameter", locate, lambda t: t.ClearField("external_data")):
+    model = read_mindir(path, weights=True)
+    for data in inline(path, model, "parameter", locate, lambda t: t.ClearField("external_data")):
         remove_written(path.parent / Path(data).parent)
 
 
