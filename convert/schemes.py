@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..models.config import FULL
+from .blas import transposed_exactly
 from .tensors import TensorRef, as_ref
 
 PLACEHOLDERS = {
@@ -54,14 +55,18 @@ TILE = (16, 512)            # source rows x columns of such a tile
 
 
 def transposed(array: np.ndarray) -> np.ndarray:
-    """`array.T` in C order, copied in pieces that stay in cache while their columns are scattered;
-    the bytes are the same. A band of 16 to 64 source rows (the least power of two that makes 128
-    KiB) at a time; rows over 8 KiB in 16 x 512 tiles, a column of tiles at a time, so the output
-    rows being filled stay in cache and TLB too. Measured (GB/s, best of 5-9, this machine): ViT-H
-    fc1 5120 x 1280, whole-array copy 0.9, bands of 16 rows 1.1-2.1, of 32 rows 2.4-3.1; fc2 1280 x
-    5120, bands of 16 rows 1.1-1.7, tiles 1.4-1.6 (bands of 32 rows: 1.0-1.2)."""
+    """`array.T` in C order, the same bytes: by OpenBLAS where it promises them (see blas.py), else
+    copied in pieces that stay in cache while their columns are scattered. A band of 16 to 64 source
+    rows (the least power of two that makes 128 KiB) at a time; rows over 8 KiB in 16 x 512 tiles, a
+    column of tiles at a time, so the output rows being filled stay in cache and TLB too. Measured
+    (GB/s, best of 5-9, this machine): ViT-H fc1 5120 x 1280, whole-array copy 0.9, bands of 16 rows
+    1.1-2.1, of 32 rows 2.4-3.1; fc2 1280 x 5120, bands of 16 rows 1.1-1.7, tiles 1.4-1.6 (bands of
+    32 rows: 1.0-1.2)."""
     if array.ndim != 2:
         return np.array(array.T, order="C")  # a copy even of a vector: the source may be a read-only map
+    fast = transposed_exactly(array)
+    if fast is not None:
+        return fast
     out = np.empty(array.shape[::-1], array.dtype)
     height, width = array.shape
     row_bytes = width * array.dtype.itemsize

@@ -1,4 +1,6 @@
 """The mapping layer: tables run both ways, and nothing maps silently."""
+import ctypes
+
 import numpy as np
 import pytest
 
@@ -77,13 +79,68 @@ def test_scheme_names_and_aliases():
 
 @pytest.mark.parametrize("shape", [(96, 1280), (1280, 96), (40, 2049), (2049, 40), (3, 5000), (1, 7), (0, 100), (100, 0)])
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
-def test_blocked_transpose_gives_numpys_bytes(shape, dtype):
+def test_blocked_transpose_gives_numpys_bytes(shape, dtype, monkeypatch):
     """Bands for narrow rows, tiles for rows over 8 KiB (2049 float32): both the bytes of `a.T`."""
     import ml_dtypes
 
+    from maeconv.convert import schemes
     from maeconv.convert.schemes import transposed
 
+    monkeypatch.setattr(schemes, "transposed_exactly", lambda array: None)  # NumPy's copy, not OpenBLAS
     array = np.random.default_rng(0).standard_normal(shape).astype(getattr(ml_dtypes, dtype, dtype))
     out = transposed(array)
     assert out.shape == shape[::-1] and out.dtype == array.dtype and out.flags.c_contiguous
     assert out.tobytes() == np.ascontiguousarray(array.T).tobytes()
+
+
+def _awkward_floats(shape, dtype, rng):
+    """Random values with the bit patterns a copy by arithmetic could change: -0, subnormals, the
+    largest finite values."""
+    array = rng.standard_normal(shape).astype(dtype)
+    info = np.finfo(dtype)
+    flat = array.reshape(-1)
+    for index, value in enumerate([-0.0, info.smallest_subnormal, -info.smallest_subnormal, info.max, info.tiny / 3]):
+        flat[(index * 7919) % flat.size] = value
+    return array
+
+
+@pytest.mark.parametrize("shape", [(5120, 128), (128, 5120), (97, 31), (1, 9), (9, 1)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_openblas_transpose_gives_numpys_bytes(shape, dtype):
+    from maeconv.convert.blas import omatcopy, transposed_exactly
+
+    if omatcopy(np.dtype(dtype)) is None:
+        pytest.skip("this NumPy ships no OpenBLAS with omatcopy")
+    array = _awkward_floats(shape, dtype, np.random.default_rng(1))
+    out = transposed_exactly(array)
+    assert out is not None and out.shape == shape[::-1] and out.flags.c_contiguous
+    assert out.tobytes() == np.ascontiguousarray(array.T).tobytes()
+
+
+@pytest.mark.parametrize("special", [np.nan, np.inf, "signalling"])
+def test_openblas_transpose_leaves_nan_and_inf_to_numpy(special):
+    """OpenBLAS quiets a signalling NaN as it scales by 1: such matrices take NumPy's copy, whose
+    bytes are the source's."""
+    from maeconv.convert.blas import transposed_exactly
+    from maeconv.convert.schemes import transposed
+
+    array = np.random.default_rng(2).standard_normal((64, 48)).astype(np.float32)
+    if special == "signalling":
+        array.view(np.uint32)[3, 5] = 0x7F800001
+    else:
+        array[3, 5] = special
+    assert transposed_exactly(array) is None
+    assert transposed(array).tobytes() == np.ascontiguousarray(array.T).tobytes()
+
+
+def test_openblas_transpose_refused_where_the_thread_flushes_subnormals(monkeypatch):
+    """A kernel that flushes subnormals to zero (as under FTZ/DAZ) fails the per-call probe."""
+    from maeconv.convert import blas
+
+    def flushing(order, trans, rows, columns, alpha, source, lda, target, ldb):
+        a = np.ctypeslib.as_array(ctypes.cast(source, ctypes.POINTER(ctypes.c_float)), (rows, columns))
+        b = np.ctypeslib.as_array(ctypes.cast(target, ctypes.POINTER(ctypes.c_float)), (columns, rows))
+        b[...] = np.where(np.abs(a) < np.finfo(np.float32).tiny, np.float32(0), a).T
+
+    monkeypatch.setattr(blas, "omatcopy", lambda dtype: flushing)
+    assert blas.transposed_exactly(np.ones((4, 3), np.float32)) is None
