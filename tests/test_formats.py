@@ -280,7 +280,7 @@ def test_write_stream_raises_a_read_back_failure_without_hanging(tmp_path, monke
 
 
 def test_write_stream_raises_a_failure_to_make_a_tensor_after_the_pieces_before_it(tmp_path):
-    """Tensors' bytes are made one ahead on another thread: a failure there reaches the caller, in
+    """Tensors' bytes are made ahead on another thread: a failure there reaches the caller, in
     order, and nothing waits forever."""
     from maeconv.errors import MaeconvError
     from maeconv.convert import tensors
@@ -296,6 +296,31 @@ def test_write_stream_raises_a_failure_to_make_a_tensor_after_the_pieces_before_
         tensors.write_stream(tmp_path / "out.bin", pieces)
     assert made[0] == "good"  # the next one may have been made ahead already; it is not written
     assert (tmp_path / "out.bin").read_bytes() == b"head" + np.ones(4, np.float32).tobytes()
+
+
+@pytest.mark.parametrize("budget", [0, 40, 1 << 20])
+def test_tensors_are_made_ahead_by_bytes_and_come_out_in_order(budget, monkeypatch):
+    """Up to AHEAD_BYTES of tensors are handed to the other thread before the writer takes the first
+    (a transpose after a bias must not wait for the bias to be written), in order, none twice."""
+    from maeconv.convert import tensors
+
+    monkeypatch.setattr(tensors, "AHEAD_BYTES", budget)
+    pulled = []
+
+    def pieces():
+        yield b"head"
+        for index in range(12):
+            pulled.append(index)
+            yield f"t{index}", TensorRef.of(np.full(4, index, np.float32))  # 16 bytes each
+
+    stream = tensors._bytes_ahead(pieces())
+    assert next(stream)[1] == b"head"
+    piece, data = next(stream)
+    assert piece[0] == "t0" and bytes(data) == np.full(4, 0, np.float32).tobytes()
+    assert len(pulled) == min(12, 1 + max(1, -(-budget // 16)))  # t0 and the pieces covering the budget
+    rest = list(stream)
+    assert [p[0] for p, _ in rest] == [f"t{i}" for i in range(1, 12)]
+    assert all(bytes(d) == np.full(4, i + 1, np.float32).tobytes() for i, (_, d) in enumerate(rest))
 
 
 def test_a_mapped_tensor_is_the_file_bytes_read_only(tmp_path):
