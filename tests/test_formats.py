@@ -189,6 +189,12 @@ def test_hf_directory_reads_config_and_weights(tmp_path):
     (np.full(10, 60000, np.float16), True),
     (np.array([1, np.nan], ml_dtypes.bfloat16), False),
     (np.array([1, 2], ml_dtypes.bfloat16), True),
+    (np.full(1000, -2e19, np.float32), True),  # each square overflows
+    (np.full(1000, 1e300, np.float64), True),
+    (np.array([-np.inf] + [0.5] * 9999, np.float32), False),
+    (np.array([0.5] * 9999 + [np.nan], np.float64), False),
+    (np.array([0x7F800001, 0x3F800000], np.uint32).view(np.float32), False),  # a signalling NaN
+    (np.array([], np.float32), True),
 ])
 def test_all_finite(values, finite):
     assert all_finite(values) is finite
