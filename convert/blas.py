@@ -19,8 +19,9 @@ import numpy as np
 from .tensors import all_finite
 
 ROW_MAJOR, TRANSPOSE = 101, 112
-# Symbol spellings of the 64-bit-integer OpenBLAS in NumPy 1.x wheels, NumPy 2.x wheels, and plain.
-SYMBOLS = ("cblas_{kind}omatcopy64_", "scipy_cblas_{kind}omatcopy64_", "cblas_{kind}omatcopy")
+# The 64-bit-integer OpenBLAS of NumPy 1.x wheels and of NumPy 2.x wheels; other builds (32-bit
+# integers, or another BLAS) are left alone rather than called with the wrong integer width.
+SYMBOLS = ("cblas_{kind}omatcopy64_", "scipy_cblas_{kind}omatcopy64_")
 KINDS = {np.dtype(np.float32): ("s", ctypes.c_float), np.dtype(np.float64): ("d", ctypes.c_double)}
 
 

@@ -248,7 +248,9 @@ def apply_to_canonical(plan: Sequence[Step], foreign: Mapping[str, TensorRef | n
             continue
         shape = step.transform.canonical_shape([p.shape for p in parts])
         read = lambda t=step.transform, ps=parts: t.to_canonical([p.mapped() for p in ps])  # noqa: E731
-        out[step.canonical] = TensorRef(parts[0].dtype, shape, read)
+        # parts joined along the first axis are the whole's bytes one after another: written as such
+        joined = step.transform is SPLIT and len({(p.dtype, p.shape[1:]) for p in parts}) == 1
+        out[step.canonical] = TensorRef(parts[0].dtype, shape, read, pieces=tuple(parts) if joined else ())
     return out
 
 

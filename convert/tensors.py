@@ -26,7 +26,7 @@ except ImportError:  # a platform without its wheel: the same values, slower
 COPY_CHUNK = 1 << 20
 BLAS_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # Bytes of tensors made ready ahead of the writer (computed, or mapped and loaded).
-AHEAD_BYTES = 32 << 20
+AHEAD_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,9 @@ class TensorRef:
     shape: tuple[int, ...]
     read: Callable[[], np.ndarray]
     span: Span | None = None
+    # Set for a concatenation along the first axis: the tensor's bytes are these tensors' bytes, one
+    # after another, so a writer copies each from where it is instead of building the whole.
+    pieces: tuple["TensorRef", ...] = ()
 
     @classmethod
     def in_file(cls, path, dtype: np.dtype, shape: tuple, offset: int) -> "TensorRef":
@@ -159,9 +162,10 @@ def write_stream(path, pieces: Iterable[Piece], expected_size: int = 0, check_fi
                  progress: Callable[[int], None] | None = None, crc: bool = False) -> dict[str, Verdict]:
     """Writes `pieces` to a new file at `path`, `expected_size` bytes (no more than it will hold)
     reserved on disk first, and returns a verdict per named tensor. Each tensor goes out in
-    cache-sized chunks (file spans straight from a memory map of their source); a second thread reads every chunk back from the
-    file right after it is written and compares it with the bytes meant for it, while both are
-    still in the CPU cache, so the check adds little memory traffic to the copy; with `crc`, that
+    cache-sized chunks (file spans straight from a memory map of their source, a joined tensor's
+    parts one after another); a second thread reads every chunk back from the file right after it
+    is written and compares it with the bytes meant for it, while both are still in the CPU
+    cache, so the check adds little memory traffic to the copy; with `crc`, that
     thread also computes each tensor's CRC-32 from them. `progress` hears of each tensor's bytes
     once written and once verified."""
     with open(path, "wb", buffering=0) as out, _ReadBack(path, check_finite, progress, crc) as read_back:
@@ -171,11 +175,13 @@ def write_stream(path, pieces: Iterable[Piece], expected_size: int = 0, check_fi
                 write_all(out, data)
                 continue
             name, ref = piece
-            offset = out.tell()
-            for start in range(0, ref.nbytes, COPY_CHUNK):
-                write_all(out, data[start:start + COPY_CHUNK])
-                read_back.expect(offset + start, data[start:start + COPY_CHUNK], ref.dtype)
-            del data  # the source map closes once the read-back is done with it too
+            offset = position = out.tell()
+            for part in data:
+                for start in range(0, part.size, COPY_CHUNK):
+                    write_all(out, part[start:start + COPY_CHUNK])
+                    read_back.expect(position + start, part[start:start + COPY_CHUNK], ref.dtype)
+                position += part.size
+            del data, part  # the source maps close once the read-back is done with them too
             if progress:
                 progress(ref.nbytes)
             read_back.judge(name, offset, ref.nbytes)
@@ -209,18 +215,21 @@ def _ready(piece: Piece, future) -> tuple[Piece, object]:
     return piece, (future.result() if future is not None else piece)
 
 
-def tensor_bytes(ref: TensorRef) -> np.ndarray:
-    """A tensor's bytes: mapped from its file where it has one, else computed."""
-    return np.ascontiguousarray(ref.mapped()).reshape(-1).view(np.uint8)
+def tensor_bytes(ref: TensorRef) -> list[np.ndarray]:
+    """A tensor's bytes, in the order they are written: mapped from its file where it has one (or
+    from its pieces' files), else computed."""
+    if ref.pieces:
+        return [part for piece in ref.pieces for part in tensor_bytes(piece)]
+    return [np.ascontiguousarray(ref.mapped()).reshape(-1).view(np.uint8)]
 
 
 class _ReadBack:
     """The second thread of `write_stream`: it compares chunks of the file, as written, with the
     bytes meant for them, and judges each tensor once its last chunk is compared."""
 
-    # Chunks waiting at most: bounds the source maps kept alive, and the lag that decides whether
-    # the bytes are still in cache.
-    MAX_WAITING = 32
+    # Chunks waiting at most: bounds the source maps and computed tensors kept alive (32 let ViT-H's
+    # peak RSS reach 0.1x the file), and the lag that decides whether the bytes are still in cache.
+    MAX_WAITING = 8
 
     def __init__(self, path, check_finite: bool, progress: Callable[[int], None] | None, crc: bool = False):
         self.file = open(path, "rb", buffering=0)

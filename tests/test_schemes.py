@@ -62,6 +62,21 @@ def test_split_and_transpose_run_both_ways():
         np.testing.assert_array_equal(back[name].load(), value)
 
 
+def test_a_joined_tensor_is_written_from_its_parts_bytes():
+    """q, k, v joined into qkv: the writer gets the parts' bytes one after another (no whole built),
+    and they are the bytes of the joined tensor; parts that differ in dtype are joined by NumPy."""
+    from maeconv.convert.tensors import TensorRef, tensor_bytes
+
+    rng = np.random.default_rng(3)
+    parts = {name: rng.standard_normal((2, 2)).astype(np.float32) for name in ("layer.0.q", "layer.0.k", "layer.0.v")}
+    plan = TOY.plan_to_canonical(list(parts))
+    joined = apply_to_canonical(plan, parts)["blocks.0.attn.qkv.weight"]
+    assert len(joined.pieces) == 3
+    assert b"".join(map(bytes, tensor_bytes(joined))) == joined.load().tobytes() == np.concatenate(list(parts.values())).tobytes()
+    mixed = dict(parts, **{"layer.0.v": TensorRef.of(parts["layer.0.v"].astype(np.float64))})
+    assert apply_to_canonical(plan, mixed)["blocks.0.attn.qkv.weight"].pieces == ()
+
+
 def test_unmapped_and_incomplete_names_are_errors():
     with pytest.raises(MappingError, match="1 names that are not toy names: extra.weight"):
         TOY.plan_to_canonical(["layer.0.q", "layer.0.k", "layer.0.v", "extra.weight"])
