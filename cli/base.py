@@ -2,9 +2,11 @@
 signals as a one-line message and exit 128+signal."""
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
+import threading
 
 import click
 
@@ -68,6 +70,37 @@ def fail_unless(passed: bool) -> None:
         click.get_current_context().exit(1)
 
 
+# Exit callbacks registered once the CLI is loaded (logging's). A library imported later (torch,
+# MindSpore) may add its own, and those must run.
+_EXIT_CALLBACKS_AT_LOAD = atexit._ncallbacks() if hasattr(atexit, "_ncallbacks") else None
+_quick_exit = False
+
+
+def quick_exit_when_done() -> None:
+    """Called by a command that closes every file it writes and joins its threads before it ends:
+    the process may then skip the interpreter's teardown (see `_exit_now`)."""
+    global _quick_exit
+    _quick_exit = True
+
+
+def _exit_now(code) -> None:
+    """Ends the process at once with status `code`, skipping the interpreter's teardown of its
+    modules and memory: after a ViT-H conversion that teardown took 0.1-0.2 s, some 10% of the
+    command. Only when nothing else must run at exit: no other thread alive and no exit callback
+    added since the CLI loaded. Otherwise returns, and the process exits as usual."""
+    if not isinstance(code, (int, type(None))) or threading.active_count() > 1:
+        return
+    if _EXIT_CALLBACKS_AT_LOAD is None or atexit._ncallbacks() > _EXIT_CALLBACKS_AT_LOAD:
+        return
+    logging.shutdown()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed pipe: the usual exit reports it
+        return
+    os._exit(code or 0)
+
+
 def run(command, prog_name: str, interrupted_says: str = "") -> None:
     """Runs a click command as a program: a signal ends it with one line and status 128+signal."""
     handle_signals()
@@ -77,6 +110,10 @@ def run(command, prog_name: str, interrupted_says: str = "") -> None:
     except Interrupted as interrupted:
         say(f"Error: interrupted by {interrupted}{interrupted_says}")
         sys.exit(128 + interrupted.signum)
+    except SystemExit as done:
+        if _quick_exit:
+            _exit_now(done.code)
+        raise
 
 
 def main() -> None:

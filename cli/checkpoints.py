@@ -11,7 +11,7 @@ import click
 from ..convert.formats import MINDSPORE, TORCH
 from ..convert.schemes import SCHEME_ALIASES, SCHEMES
 from ..models.config import MAX_IMG_SIZE
-from .base import cli, say
+from .base import cli, quick_exit_when_done, say
 from .options import force_option, json_option, options, with_settings
 
 SCHEME_CHOICES = [*SCHEMES, *SCHEME_ALIASES]
@@ -30,6 +30,7 @@ conversion_options = options(
 def _run_convert(src, dst, fmt, conversion, as_json):
     from ..convert.pipeline import convert
 
+    quick_exit_when_done()
     start = time.perf_counter()
     bar = None
 

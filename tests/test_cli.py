@@ -178,3 +178,47 @@ def test_torch_training_checkpoint_yields_its_model(tmp_path, tiny_state):
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     assert info["skipped_training_state"] == 2 and info["tensors"] == len(tiny_state)
+
+
+def test_a_conversion_exits_without_teardown_only_when_nothing_else_must_run(monkeypatch):
+    """After a conversion the process ends at once (os._exit), skipping the interpreter's teardown,
+    unless another thread is alive or a library registered an exit callback."""
+    import atexit
+    import threading
+
+    from maeconv.cli import base
+
+    exits = []
+    monkeypatch.setattr(base.os, "_exit", exits.append)
+    monkeypatch.setattr(base, "_EXIT_CALLBACKS_AT_LOAD", atexit._ncallbacks())
+    base._exit_now(None)
+    base._exit_now(1)
+    assert exits == [0, 1]
+    base._exit_now("a message click would print")
+    registered = lambda: None  # noqa: E731
+    atexit.register(registered)
+    try:
+        base._exit_now(0)
+    finally:
+        atexit.unregister(registered)
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait)
+    worker.start()
+    try:
+        base._exit_now(0)
+    finally:
+        stop.set()
+        worker.join()
+    assert exits == [0, 1]
+
+
+def test_a_conversion_process_prints_everything_before_its_quick_exit(tmp_path, tiny_pth):
+    for args, code, stream, says in [
+            (["convert", str(tiny_pth), str(tmp_path / "out.ckpt"), "--json"], 0, "stdout", '"output"'),
+            (["convert", str(tiny_pth), str(tmp_path / "out.ckpt")], 1, "stderr", "already exists")]:
+        done = subprocess.run([sys.executable, "-m", "maeconv", *args], capture_output=True, text=True)
+        assert done.returncode == code
+        assert says in getattr(done, stream)
+    assert json.loads(subprocess.run([sys.executable, "-m", "maeconv", "convert", str(tiny_pth),
+                                      str(tmp_path / "out.safetensors"), "--json"],
+                                     capture_output=True, text=True).stdout)["tensors"] > 0

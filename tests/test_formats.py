@@ -372,3 +372,41 @@ def test_maeconv_works_where_the_c_library_cannot_be_loaded(tmp_path, tiny_pth):
                           capture_output=True, timeout=120).returncode == 0
     expected, actual = read_checkpoint(tiny_pth).tensors, read_checkpoint(back).tensors
     assert all(actual[name].load().tobytes() == ref.load().tobytes() for name, ref in expected.items())
+
+
+def test_scratch_sits_at_the_file_positions_offset_in_a_page():
+    """The kernel copies between a file and memory slowly when the memory lies a few bytes past the
+    file position within a page: scratch memory is lent at the position's own offset instead."""
+    from maeconv.convert import tensors
+
+    scratch = tensors.PagePhased(64)
+    for position in (0, 5, 4095, 4096 + 100, (1 << 33) + 7):
+        assert scratch.at(position, 10).ctypes.data % tensors.PAGE == position % tensors.PAGE
+    chunk = np.arange(64, dtype=np.uint8)
+    address = chunk.ctypes.data
+    assert scratch.unaliased(chunk, address) is chunk  # the same offset in a page
+    assert scratch.unaliased(chunk, address + 64) is chunk
+    assert scratch.unaliased(chunk, address - 16) is chunk  # memory past the file position is fine
+    copy = scratch.unaliased(chunk, address + 16)
+    assert copy is not chunk and copy.tobytes() == chunk.tobytes()
+    assert (copy.ctypes.data - (address + 16)) % tensors.PAGE == 0
+
+
+def test_write_stream_writes_chunks_that_would_alias_exactly(tmp_path, monkeypatch):
+    """An 8-byte header puts every chunk of a page-aligned source span 8 bytes past its map's offset:
+    each goes out through scratch memory, and the file still holds the exact bytes."""
+    from maeconv.convert import tensors
+
+    monkeypatch.setattr(tensors, "COPY_CHUNK", 256)
+    array = RNG.standard_normal(3000).astype(np.float32)
+    (tmp_path / "source.bin").write_bytes(array.tobytes())
+    copied = []
+    unaliased = tensors.PagePhased.unaliased
+    monkeypatch.setattr(tensors.PagePhased, "unaliased",
+                        lambda self, chunk, position: copied.append(unaliased(self, chunk, position) is not chunk)
+                        or unaliased(self, chunk, position))
+    pieces = [b"8 bytes!", ("a", TensorRef.in_file(tmp_path / "source.bin", array.dtype, array.shape, 0))]
+    verdicts = tensors.write_stream(tmp_path / "out.bin", pieces, check_finite=True)
+    assert (tmp_path / "out.bin").read_bytes() == b"8 bytes!" + array.tobytes()
+    assert verdicts["a"].equal and verdicts["a"].offset == 8
+    assert len(copied) == -(-array.nbytes // 256) and all(copied)
