@@ -12,7 +12,13 @@ then, on the same disk, one at a time, each command in its own process with `syn
 - as target: `maeconv convert` of the official torch file into each scheme x format is timed,
   beside `cp` of the official file.
 
-A conversion and its `cp` run in turn, `--repeat` times each; the best of each is reported.
+A conversion and its `cp` run in turn, `--repeat` times each (the order reversed every other
+round); the best of each is reported. Each timed command starts right after another process has
+touched and freed 1.25x the file in memory (`--no-warm`: not): on a virtual machine whose host takes
+back the memory a guest frees (free page reporting), writing 2.6 GB into pages the host took back
+cost 3.5-9 s against about 1 s into pages just freed, and which of the two a command got depended
+on what ran before it (back to back, runs alternated slow and quick). Warm, both `cp` and maeconv
+write into pages just freed, as on a machine whose memory is its own.
 
 Each row is held to its goal: paths that only rename (and copy bytes) <= 1.2x `cp` of the same
 bytes, paths that transpose or split <= 2.0x; peak RSS (the command's maximum resident set) below
@@ -82,9 +88,17 @@ def layouts() -> list[Layout]:
         [Layout("hf", "hf-dir"), Layout("hf", "hf-sharded")]
 
 
+# Bytes of memory touched and freed right before each timed command (0: none); set from --warm.
+warm_bytes = 0
+WARM = "import numpy, sys; numpy.ones(int(sys.argv[1]), numpy.uint8)"
+
+
 def measure(command: list[str]) -> tuple[float, int, float]:
-    """(wall seconds, peak RSS bytes, CPU seconds) of a command run in a fresh process, after a sync."""
+    """(wall seconds, peak RSS bytes, CPU seconds) of a command run in a fresh process, after a sync
+    and, with `warm_bytes`, right after another process touched and freed that much memory."""
     os.sync()  # every command starts with no earlier writes still going to the disk
+    if warm_bytes:
+        subprocess.run([sys.executable, "-c", WARM, str(warm_bytes)], check=True)
     out = subprocess.run([sys.executable, "-c", MEASURE, *command], capture_output=True, text=True, check=True)
     seconds, rss_kb, cpu, code = out.stdout.split()
     if code != "0":
@@ -98,13 +112,15 @@ def best(command: list[str], repeat: int, output: Path | None) -> tuple[float, i
 
 
 def side_by_side(commands: list[tuple[list[str], Path | None]], repeat: int) -> list[tuple[float, int, float]]:
-    """`best` of each command, their runs taken in turn (a, b, a, b, ...): on a virtual machine whose
-    host backs memory lazily, the cost of writing to the page cache drifts by several times from
-    one minute to the next (a 2.6 GB `cp` took 0.9 s and 11 s on the same afternoon), so a command
-    and the `cp` it is held to are measured under the same conditions, several times."""
+    """`best` of each command, their runs taken in turn, the order reversed every other round (a, b,
+    b, a, ...): on a virtual machine whose host backs memory lazily, the cost of writing to the page
+    cache drifts by several times from one run to the next (a 2.6 GB `cp` took 0.9 s and 11 s on
+    the same afternoon; back to back, runs alternate slow and quick), so a command and the `cp` it
+    is held to are measured under the same conditions, several times."""
     results: list[list[tuple[float, int, float]]] = [[] for _ in commands]
-    for _ in range(repeat):
-        for index, (command, output) in enumerate(commands):
+    for round_ in range(repeat):
+        order = list(enumerate(commands))
+        for index, (command, output) in (order if round_ % 2 == 0 else order[::-1]):
             if output is not None:
                 remove(output)
             results[index].append(measure(command))
@@ -209,16 +225,21 @@ def main() -> None:
     parser.add_argument("--only", default="", help="only the scheme x format layouts whose label holds this text")
     parser.add_argument("--naive", action="store_true", help="add the naive pipeline (about 20 s a run for huge)")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    parser.add_argument("--no-warm", dest="warm", action="store_false",
+                        help="time each command without first touching and freeing memory (see above)")
     args = parser.parse_args()
+    global warm_bytes
     work = Path(tempfile.mkdtemp(prefix="maeconv-bench-", dir=args.dir))
     try:
         official = work / "official.pth"
         print(f"building {args.preset} full checkpoint in {work} ...", flush=True)
         build_checkpoint(official, args.preset)
         size = official.stat().st_size
+        warm_bytes = size + size // 4 if args.warm else 0
         chosen = [layout for layout in layouts() if args.only in layout.label]
         rows = run_matrix(work, official, chosen, args.repeat, size // 3)
-        print(f"\n{args.preset} full checkpoint: {size / 1e9:.2f} GB, best of {args.repeat} runs each\n")
+        print(f"\n{args.preset} full checkpoint: {size / 1e9:.2f} GB, best of {args.repeat} runs each"
+              f"{f', each right after {warm_bytes / 1e9:.1f} GB of memory was touched and freed' if warm_bytes else ''}\n")
         print_table(rows)
         if args.naive:
             seconds, rss, _ = best([sys.executable, "-c", NAIVE, str(official), str(work / "naive.ckpt")],
