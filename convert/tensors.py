@@ -366,9 +366,14 @@ def _arrays_equal(x: np.ndarray | None, y: np.ndarray | None, dtype: np.dtype, c
         piece = min(step, x.size - start)
         if not libc.bytes_equal(x, y, start, piece):
             return False, finite
-        if check_finite and finite:
-            finite = all_finite(y[start:start + piece].view(dtype))
+        if check_finite and finite:  # the two are equal here: either's values will do, an aligned one's faster
+            finite = all_finite(_aligned_of(x[start:start + piece], y[start:start + piece], dtype).view(dtype))
     return True, finite
+
+
+def _aligned_of(x: np.ndarray, y: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Whichever of two byte arrays starts on a multiple of `dtype`'s size (`x` if neither does)."""
+    return y if x.ctypes.data % dtype.itemsize and not y.ctypes.data % dtype.itemsize else x
 
 
 def all_finite(values: np.ndarray) -> bool:
@@ -377,6 +382,10 @@ def all_finite(values: np.ndarray) -> bool:
     would; only an overflowing total needs the exact check."""
     if values.dtype.kind != "f":  # bfloat16 has no fast sum
         return bool(np.isfinite(values).all())
+    if not values.flags.aligned:  # a tensor at an odd offset in its file: BLAS and NumPy's fast loops
+        # need aligned items (26 MB took 16.6 ms as it lies, 5 ms copied in cache-sized pieces first)
+        step = max(1, COPY_CHUNK // values.itemsize)
+        return all(all_finite(values[start:start + step].copy()) for start in range(0, values.size, step))
     with np.errstate(over="ignore", invalid="ignore"):
         total = np.dot(values, values) if values.dtype in BLAS_FLOATS else np.add.reduce(values, dtype=values.dtype)
     return bool(np.isfinite(total)) or bool(np.isfinite(values).all())

@@ -196,8 +196,27 @@ def test_hf_directory_reads_config_and_weights(tmp_path):
     (np.array([0x7F800001, 0x3F800000], np.uint32).view(np.float32), False),  # a signalling NaN
     (np.array([], np.float32), True),
 ])
-def test_all_finite(values, finite):
+def test_all_finite(values, finite, monkeypatch):
+    from maeconv.convert import tensors
+
     assert all_finite(values) is finite
+    unaligned = np.frombuffer(b"x" + values.tobytes(), np.uint8)[1:].view(values.dtype)  # as at an odd file offset
+    assert (values.size == 0 or not unaligned.flags.aligned) and all_finite(unaligned) is finite
+    monkeypatch.setattr(tensors, "COPY_CHUNK", 8)  # checked a few items at a time
+    assert all_finite(unaligned) is finite
+
+
+def test_a_read_back_checks_values_through_whichever_copy_is_aligned():
+    from maeconv.convert.tensors import _aligned_of, _arrays_equal
+
+    values = np.array([1, 2, np.nan], np.float32).tobytes()
+    odd = np.frombuffer(b"x" + values, np.uint8)[1:]
+    even = np.frombuffer(values, np.uint8)
+    assert _aligned_of(odd, even, np.dtype(np.float32)) is even
+    assert _aligned_of(even, odd, np.dtype(np.float32)) is even
+    assert _aligned_of(odd, odd[:], np.dtype(np.float32)) is odd
+    assert _arrays_equal(odd, even, np.dtype(np.float32), check_finite=True) == (True, False)
+    assert _arrays_equal(even, odd, np.dtype(np.float32), check_finite=True) == (True, False)
 
 
 def test_spans_compare_every_piece_of_a_tensor_larger_than_a_copy_chunk(tmp_path):
