@@ -102,7 +102,10 @@ def _exit_now(code) -> None:
 
 
 def run(command, prog_name: str, interrupted_says: str = "") -> None:
-    """Runs a click command as a program: a signal ends it with one line and status 128+signal."""
+    """Runs a click command as a program: a signal ends it with one line and status 128+signal; a
+    command that asked for it (`quick_exit_when_done`) ends the process itself."""
+    global _quick_exit
+    _quick_exit = False  # asked for by this run's command only
     handle_signals()
     show_library_notes()
     try:

@@ -210,6 +210,14 @@ def test_a_conversion_exits_without_teardown_only_when_nothing_else_must_run(mon
         stop.set()
         worker.join()
     assert exits == [0, 1]
+    import click
+
+    monkeypatch.setattr(base, "_quick_exit", True)  # left over from an earlier run in this process
+    monkeypatch.setattr(base, "handle_signals", lambda: None)
+    monkeypatch.setattr(sys, "argv", ["noop"])
+    with pytest.raises(SystemExit, match="0"):
+        base.run(click.Command("noop", callback=lambda: None), "noop")
+    assert exits == [0, 1]  # a command that did not ask for it exits as usual
 
 
 def test_a_conversion_process_prints_everything_before_its_quick_exit(tmp_path, tiny_pth):
