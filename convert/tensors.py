@@ -174,8 +174,11 @@ def write_stream(path, pieces: Iterable[Piece], expected_size: int = 0, check_fi
     cache, so the check adds little memory traffic to the copy; with `crc`, that
     thread also computes each tensor's CRC-32 from them. `progress` hears of each tensor's bytes
     once written and once verified."""
+    from .blas import one_thread  # blas.py builds on this module
+
     scratch = PagePhased(COPY_CHUNK)
-    with open(path, "wb", buffering=0) as out, _ReadBack(path, check_finite, progress, crc) as read_back:
+    with (one_thread(), open(path, "wb", buffering=0) as out,
+          _ReadBack(path, check_finite, progress, crc) as read_back):
         reserve(out, expected_size)
         for piece, data in _bytes_ahead(pieces):
             if not isinstance(piece, tuple):

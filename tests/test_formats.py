@@ -429,3 +429,23 @@ def test_write_stream_writes_chunks_that_would_alias_exactly(tmp_path, monkeypat
     assert (tmp_path / "out.bin").read_bytes() == b"8 bytes!" + array.tobytes()
     assert verdicts["a"].equal and verdicts["a"].offset == 8
     assert len(copied) == -(-array.nbytes // 256) and all(copied)
+
+
+def test_numpys_blas_runs_on_one_thread_while_a_file_is_written_and_as_before_after(tmp_path, monkeypatch):
+    from maeconv.convert import blas, tensors
+
+    controls = blas._thread_controls()
+    if controls is None:
+        pytest.skip("this NumPy build has no OpenBLAS of its own")
+    get, set_ = controls
+    initial = get()
+    set_(2)  # where the machine has the cores for it
+    before = get()
+    seen = []
+    original = tensors.tensor_bytes
+    monkeypatch.setattr(tensors, "tensor_bytes", lambda ref: seen.append(get()) or original(ref))
+    try:
+        tensors.write_stream(tmp_path / "out.bin", [("a", TensorRef.of(np.ones(8, np.float32)))])
+        assert seen == [1] and get() == before
+    finally:
+        set_(initial)
