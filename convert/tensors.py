@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Union
 import numpy as np
 
 from . import libc
+from .blas import all_finite, one_thread
 from ..errors import MaeconvError
 
 try:  # ISA-L's CRC-32: 12 GB/s here against zlib's 2.4-3.5 (both free the GIL for the writer thread)
@@ -24,7 +25,6 @@ except ImportError:  # a platform without its wheel: the same values, slower
 
 # Bytes per step when tensors are copied file to file: small enough to stay in the CPU cache.
 COPY_CHUNK = 1 << 20
-BLAS_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # Bytes of tensors made ready ahead of the writer (computed, or mapped and loaded).
 AHEAD_BYTES = 16 << 20
 # The kernel copies between a file's pages and memory 3-6x slower when the destination lies 1-31
@@ -174,8 +174,6 @@ def write_stream(path, pieces: Iterable[Piece], expected_size: int = 0, check_fi
     cache, so the check adds little memory traffic to the copy; with `crc`, that
     thread also computes each tensor's CRC-32 from them. `progress` hears of each tensor's bytes
     once written and once verified."""
-    from .blas import one_thread  # blas.py builds on this module
-
     scratch = PagePhased(COPY_CHUNK)
     with (one_thread(), open(path, "wb", buffering=0) as out,
           _ReadBack(path, check_finite, progress, crc) as read_back):
@@ -377,18 +375,3 @@ def _arrays_equal(x: np.ndarray | None, y: np.ndarray | None, dtype: np.dtype, c
 def _aligned_of(x: np.ndarray, y: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Whichever of two byte arrays starts on a multiple of `dtype`'s size (`x` if neither does)."""
     return y if x.ctypes.data % dtype.itemsize and not y.ctypes.data % dtype.itemsize else x
-
-
-def all_finite(values: np.ndarray) -> bool:
-    """Whether no value of a vector is NaN or Inf. A sum of squares (BLAS's dot, 40 GB/s here against
-    15 for NumPy's sum) or a sum is NaN or Inf whenever a term is, and needs no mask as np.isfinite
-    would; only an overflowing total needs the exact check."""
-    if values.dtype.kind != "f":  # bfloat16 has no fast sum
-        return bool(np.isfinite(values).all())
-    if not values.flags.aligned:  # a tensor at an odd offset in its file: BLAS and NumPy's fast loops
-        # need aligned items (26 MB took 16.6 ms as it lies, 3.0 ms copied in cache-sized pieces first)
-        step = max(1, COPY_CHUNK // values.itemsize)
-        return all(all_finite(values[start:start + step].copy()) for start in range(0, values.size, step))
-    with np.errstate(over="ignore", invalid="ignore"):
-        total = np.dot(values, values) if values.dtype in BLAS_FLOATS else np.add.reduce(values, dtype=values.dtype)
-    return bool(np.isfinite(total)) or bool(np.isfinite(values).all())

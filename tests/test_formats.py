@@ -197,12 +197,12 @@ def test_hf_directory_reads_config_and_weights(tmp_path):
     (np.array([], np.float32), True),
 ])
 def test_all_finite(values, finite, monkeypatch):
-    from maeconv.convert import tensors
+    from maeconv.convert import blas
 
     assert all_finite(values) is finite
     unaligned = np.frombuffer(b"x" + values.tobytes(), np.uint8)[1:].view(values.dtype)  # as at an odd file offset
     assert (values.size == 0 or not unaligned.flags.aligned) and all_finite(unaligned) is finite
-    monkeypatch.setattr(tensors, "COPY_CHUNK", 8)  # checked a few items at a time
+    monkeypatch.setattr(blas, "ALIGNED_PIECE", 8)  # checked a few items at a time
     assert all_finite(unaligned) is finite
 
 
