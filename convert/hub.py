@@ -13,12 +13,14 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator
 
 from ..models.config import CLASSIFIER, ENCODER, FULL, checkpoint_shapes, get_preset
 from .formats import FORMATS, SUFFIX_FORMATS
 from ..errors import MaeconvError
-from .transfer import HEAD_BYTES, DownloadError, Limits, download
+
+if TYPE_CHECKING:  # the network stack (http.client, ssl, email: some 40 ms) loads only for a download
+    from .transfer import Limits
 
 BASE_URL = "https://dl.fbaipublicfiles.com/mae"
 
@@ -122,6 +124,7 @@ def size_cap(entry: Official) -> int:
 
 def limits_for(entry: Official) -> Limits:
     """The download's timeouts and size cap; the environment can set each (tests use seconds)."""
+    from .transfer import Limits
     return Limits(stall_s=_env_number("MAECONV_DOWNLOAD_STALL_S", 60.0),
                   deadline_s=_env_number("MAECONV_DOWNLOAD_DEADLINE_S", 6 * 3600.0),
                   max_bytes=int(_env_number("MAECONV_DOWNLOAD_MAX_BYTES", size_cap(entry))))
@@ -142,6 +145,7 @@ def _env_number(variable: str, default: float) -> float:
 
 def head_check(entry: Official) -> Callable[[bytes], str | None]:
     """What is wrong with a file's first bytes for the entry's format, or None."""
+    from .transfer import HEAD_BYTES
     fmt = FORMATS[SUFFIX_FORMATS[Path(entry.path).suffix.lower()]]
 
     def problem(head: bytes) -> str | None:
@@ -184,6 +188,7 @@ def fetch(name: str, identify: Identify, log: Callable[[str], None] | None = Non
 def _download_verified(url: str, entry: Official, identify: Identify, out: BinaryIO, partial: Path,
                        limits: Limits, progress, log) -> None:
     """Brings the partial file to complete and verified, or raises with what became of it."""
+    from .transfer import DownloadError, download
     try:
         download(url, out, limits, head_check(entry), progress, log)
         _verify(partial, entry, identify)
@@ -199,6 +204,7 @@ def _download_verified(url: str, entry: Official, identify: Identify, out: Binar
 
 def _verify(partial: Path, entry: Official, identify: Identify) -> None:
     """The downloaded file is the entry: its published md5 prefix, and it parses as its preset and kind."""
+    from .transfer import DownloadError
     for algorithm, prefix in (("md5", entry.md5_prefix), ("sha256", entry.sha256_prefix)):
         if prefix:
             digest = digest_of(partial, hashlib.new(algorithm, usedforsecurity=False))

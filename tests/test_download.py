@@ -4,6 +4,8 @@ import fcntl
 import gzip
 import hashlib
 import http.server
+import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -17,6 +19,14 @@ from maeconv.models import config
 
 from helpers import run_cli as run, TINY, TINY_CLS, kind_state, save_official
 from hostile_http import ScriptedServer, chunked, closed_port, endless, reply, reset_after, serve, slowly
+
+
+def test_the_network_stack_loads_only_for_a_download():
+    probe = ("import sys, maeconv.cli; print(sorted({'http.client', 'socket', 'ssl'} & set(sys.modules)));"
+             "from maeconv.convert import hub; hub.limits_for(hub.CHECKPOINTS['mae_vit_base_p16']);"
+             "print(sorted({'http.client', 'socket'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines() == ["[]", "['http.client', 'socket']"], done.stderr
 
 
 class RangeHandler(http.server.BaseHTTPRequestHandler):
