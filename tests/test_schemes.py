@@ -122,21 +122,31 @@ def _awkward_floats(shape, dtype, rng):
 
 @pytest.mark.parametrize("shape", [(5120, 128), (128, 5120), (97, 31), (1, 9), (9, 1)])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_openblas_transpose_gives_numpys_bytes(shape, dtype):
+@pytest.mark.parametrize("offset", [0, 5])
+def test_openblas_transpose_gives_numpys_bytes(shape, dtype, offset):
     from maeconv.convert.blas import omatcopy, transposed_exactly
 
     if omatcopy(np.dtype(dtype)) is None:
         pytest.skip("this NumPy ships no OpenBLAS with omatcopy")
-    array = _awkward_floats(shape, dtype, np.random.default_rng(1))
+    array = _at_offset(_awkward_floats(shape, dtype, np.random.default_rng(1)), offset)
     out = transposed_exactly(array)
     assert out is not None and out.shape == shape[::-1] and out.flags.c_contiguous
     assert out.tobytes() == np.ascontiguousarray(array.T).tobytes()
 
 
+def _at_offset(array: np.ndarray, offset: int) -> np.ndarray:
+    """A copy of `array` starting `offset` bytes into its memory (as tensors lie in a .ckpt)."""
+    memory = np.zeros(array.nbytes + 16, np.uint8)
+    moved = np.frombuffer(memory.data, array.dtype, array.size, offset).reshape(array.shape)
+    moved[...] = array
+    return moved
+
+
+@pytest.mark.parametrize("offset", [0, 3])
 @pytest.mark.parametrize("special", [np.nan, np.inf, "signalling"])
-def test_openblas_transpose_leaves_nan_and_inf_to_numpy(special):
+def test_openblas_transpose_leaves_nan_and_inf_to_numpy(special, offset):
     """OpenBLAS quiets a signalling NaN as it scales by 1: such matrices take NumPy's copy, whose
-    bytes are the source's."""
+    bytes are the source's (also for a source at an odd offset)."""
     from maeconv.convert.blas import transposed_exactly
     from maeconv.convert.schemes import transposed
 
@@ -145,6 +155,8 @@ def test_openblas_transpose_leaves_nan_and_inf_to_numpy(special):
         array.view(np.uint32)[3, 5] = 0x7F800001
     else:
         array[3, 5] = special
+    array = _at_offset(array, offset)
+    assert array.flags.aligned == (offset == 0)
     assert transposed_exactly(array) is None
     assert transposed(array).tobytes() == np.ascontiguousarray(array.T).tobytes()
 
