@@ -16,13 +16,14 @@ complete files (it downloads to `.incomplete` and renames); nothing goes into ma
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MaeconvError
+from .jsontext import strict_json
+from .formats.base import member_of
 from .formats.sharded import SAFETENSORS_INDEX, TORCH_INDEX
 
 PREFIX = "hf://"
@@ -91,12 +92,25 @@ def fetch(ref: RepoRef, log=None) -> Path:
     except ImportError:
         raise MaeconvError(f"{ref}: reading a Hugging Face Hub repo needs huggingface_hub "
                            "(pip install huggingface_hub)") from None
-    folder = _snapshot(ref, log)
+    folder = _in_cache(_snapshot(ref, log), ref)
     weights = _weights_in(folder, ref)
     config = folder / "config.json"
     if config.is_file() and _is_transformers_config(config):
         return folder
+    if not member_of(folder / weights, folder):
+        raise MaeconvError(f"{ref}: the cached {weights} is a link to {(folder / weights).resolve()}, outside the "
+                           "repo's cache folder")
     return folder / weights
+
+
+def _in_cache(folder: Path, ref: RepoRef) -> Path:
+    """The snapshot folder, if it is one of the repo's in the cache: a revision's ref file names a
+    folder there, not a path elsewhere (`../..`, or absolute)."""
+    snapshots = (cache_dir() / f"models--{ref.repo_id.replace('/', '--')}" / "snapshots").resolve()
+    if folder.resolve().parent != snapshots:
+        raise MaeconvError(f"{ref}: the Hugging Face cache's revision leads to {folder}, not to a snapshot "
+                           f"in {snapshots}")
+    return folder
 
 
 def _snapshot(ref: RepoRef, log) -> Path:
@@ -136,7 +150,7 @@ def _wanted_online(ref: RepoRef) -> list[str]:
 
 def _shards_named(index: Path) -> list[str]:
     try:
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        weight_map = strict_json(index.read_bytes()).get("weight_map", {})
     except (OSError, ValueError, AttributeError):
         return []  # the reader reports a broken index in full
     return [shard for shard in weight_map.values() if isinstance(shard, str)] if isinstance(weight_map, dict) else []
@@ -153,7 +167,7 @@ def _weights_in(folder: Path, ref: RepoRef) -> str:
 
 def _is_transformers_config(path: Path) -> bool:
     try:
-        config = json.loads(path.read_text())
+        config = strict_json(path.read_bytes())
     except (OSError, ValueError):
         return True  # the directory reader reports a broken config.json
     return not isinstance(config, dict) or "model_type" in config

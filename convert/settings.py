@@ -12,13 +12,13 @@ line instead of being replaced.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from ..models.config import ACTIVATION_NAMES, GELU, GELU_TANH, MAEConfig
 from ..errors import MaeconvError
+from .jsontext import strict_json
 
 # The key of maeconv's settings record in safetensors metadata and .ckpt string entries.
 RECORD_KEY = "maeconv.settings"
@@ -36,7 +36,10 @@ def _boolean(value: Any) -> bool:
 def _number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"{value!r} is not a number")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int of hundreds of digits
+        raise ValueError(f"{value!r:.40} is too large a number") from None
     if not math.isfinite(number):
         raise ValueError(f"{value!r} is not a finite number")
     return number
@@ -127,8 +130,8 @@ def _meta(checkpoint) -> Mapping:
 
 def _json_object(text: Any, where: str) -> dict:
     try:
-        value = json.loads(text) if isinstance(text, str) else None
-    except (json.JSONDecodeError, RecursionError):
+        value = strict_json(text) if isinstance(text, str) else None
+    except ValueError:
         value = None
     if not isinstance(value, dict):
         raise MaeconvError(f"{where}: not a JSON object")

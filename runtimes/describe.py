@@ -3,13 +3,13 @@ of an exported graph, the metadata maeconv recorded in it and the files it is ma
 without loading its weights."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from ..convert.pipeline import describe as describe_checkpoint
 from ..convert.settings import settings_record
 from ..errors import MaeconvError
+from ..convert.jsontext import strict_json
 from .registry import EXPORTED, check_weight_files, get_runtime, runtime_of
 from .tasks import read_metadata
 
@@ -56,7 +56,7 @@ def describe_graph(source: str | os.PathLike) -> dict:
         "inputs": declared["inputs"],
         "outputs": declared["outputs"],
         "img_size": info.config.img_size,
-        "config": json.loads(meta["maeconv.config"]),
+        "config": strict_json(meta["maeconv.config"]),
         "files": {str(f): f.stat().st_size for f in files},
         "bytes": sum(f.stat().st_size for f in files),
     }

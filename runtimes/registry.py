@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..convert.formats.base import member_of
 from ..errors import MaeconvError
 from ..models.twins import MINDSPORE, TORCH
 
@@ -123,11 +124,12 @@ def check_weight_files(path: Path, runtime: str) -> list[Path]:
     """The files holding the graph's weights, by the names the graph records (so a renamed graph
     still finds them); one whose weights were not moved with it fails here, in one line, not
     deep inside a runtime."""
-    named = [path.parent / name for name in get_runtime(runtime).hooks.weight_files(path)]
-    missing = [f for f in named if not f.is_file()]
-    if missing:
-        raise MaeconvError(f"{path}: its weights are in {missing[0].relative_to(path.parent)}, which is not "
-                           "beside it (the files of an export are copied and moved together)")
+    names = get_runtime(runtime).hooks.weight_files(path)
+    named = [path.parent / name for name in names]
+    for name, file in zip(names, named):
+        if not file.is_file() or not member_of(file, path.parent):
+            raise MaeconvError(f"{path}: its weights are in {str(name)!r:.200}, which is not beside it (the files of "
+                               "an export are copied and moved together)")
     return named
 
 

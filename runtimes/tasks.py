@@ -10,7 +10,8 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import MaeconvError
-from ..models.config import CLASSIFIER, CLASSIFY, ENCODER, FULL, PRETRAIN, MAEConfig
+from ..convert.jsontext import strict_json
+from ..models.config import CLASSIFIER, CLASSIFY, ENCODER, FULL, PRETRAIN, MAEConfig, get_preset
 from ..parity.compare import ABS, EXACT, Tolerance
 from ..parity.twins import permutation_noise
 
@@ -82,10 +83,31 @@ class GraphInfo:
     config: MAEConfig
 
 
+# What a preset fixes; an export records them as its preset has them (its settings may differ).
+ARCHITECTURE = ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
+                "decoder_num_heads", "mlp_ratio")
+
+
 def read_metadata(values: Mapping[str, str], source: str) -> GraphInfo:
     try:
-        return GraphInfo(get_task(values["maeconv.task"]), values["maeconv.preset"], values["maeconv.kind"],
-                         MAEConfig(**json.loads(values["maeconv.config"])))
+        task, preset, kind, recorded = (get_task(values["maeconv.task"]), values["maeconv.preset"],
+                                        values["maeconv.kind"], values["maeconv.config"])
     except (KeyError, TypeError, ValueError, MaeconvError):
         raise MaeconvError(f"{source}: was not exported by maeconv (no task metadata); "
                            "export it with `maeconv export`") from None
+    try:
+        return GraphInfo(task, preset, kind, _recorded_config(recorded, preset))
+    except (KeyError, TypeError, ValueError) as error:
+        raise MaeconvError(f"{source}: its maeconv metadata does not describe a model the twins run "
+                           f"({str(error).strip(chr(39)):.200})") from None
+
+
+def _recorded_config(recorded: str, preset: str) -> MAEConfig:
+    config = MAEConfig(**strict_json(recorded)).check()
+    expected = get_preset(preset).config
+    for field in ARCHITECTURE:
+        if getattr(config, field) != getattr(expected, field):
+            raise ValueError(f"{field} {getattr(config, field)!r:.40}, where {preset} has {getattr(expected, field)!r}")
+    if type(config.num_classes) is not int or config.num_classes < 1:
+        raise ValueError(f"num_classes {config.num_classes!r:.40}, not a positive count")
+    return config

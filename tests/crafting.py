@@ -211,14 +211,14 @@ def rezip(source, target, compression: int = zipfile.ZIP_DEFLATED, names=None):
 
 
 # Field offsets in a local header and in a central directory record (APPNOTE.TXT 4.3.7 and 4.3.12).
-LOCAL_FIELDS = {"flags": (6, "<H"), "method": (8, "<H"), "crc": (14, "<I"), "compress_size": (18, "<I"),
+LOCAL_FIELDS = {"version": (4, "<H"), "flags": (6, "<H"), "method": (8, "<H"), "crc": (14, "<I"), "compress_size": (18, "<I"),
                 "file_size": (22, "<I")}
-CENTRAL_FIELDS = {"flags": (8, "<H"), "method": (10, "<H"), "crc": (16, "<I"), "compress_size": (20, "<I"),
+CENTRAL_FIELDS = {"version": (6, "<H"), "flags": (8, "<H"), "method": (10, "<H"), "crc": (16, "<I"), "compress_size": (20, "<I"),
                   "file_size": (24, "<I")}
 
 
 def patch_entry(path, name: str, **values):
-    """Rewrites header fields (flags, method, crc, compress_size, file_size) of entry `name`, in its
+    """Rewrites header fields (version needed, flags, method, crc, compress_size, file_size) of entry `name`, in its
     local header and in the central directory alike: a zip that lies consistently."""
     data = bytearray(path.read_bytes())
     with zipfile.ZipFile(path) as archive:

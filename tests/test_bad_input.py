@@ -1,8 +1,10 @@
 """Bad input: a clear one-line error naming the file, a non-zero exit, and nothing left behind."""
+import argparse
 import os
 import pickle
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from click.testing import CliRunner
 
 from maeconv.cli import cli
 
+from crafting import patch_entry
 from helpers import save_official
 
 
@@ -165,6 +168,58 @@ def test_broken_hf_directories(tmp_path, tiny_pth):
     _fails_cleanly(tmp_path, ["inspect", folder], "config.json", "not valid JSON")
     (folder / "config.json").unlink()
     _fails_cleanly(tmp_path, ["inspect", folder], "not a Hugging Face model directory")
+
+
+@pytest.mark.parametrize("config, reason", [
+    ('{"mask_ratio": 1' + "0" * 5000 + "}", "an integer of 5001 digits"),
+    ('{"mask_ratio": 1' + "0" * 400 + "}", "too large a number"),
+    ("[" * 100000 + "]" * 100000, "nested too deeply"),
+    ('{"mask_ratio": NaN}', "NaN is not JSON"),
+    ('{"hidden_act": "gelu", "hidden_act": "relu"}', "key 'hidden_act' appears twice"),
+    ("[1, 2, 3]", "not a model config"),
+    ("null", "not a model config"),
+])
+def test_hostile_json_in_a_hf_config(tmp_path, tiny_pth, config, reason):
+    """Whatever json.loads lets through or trips over (an int past Python's digit limit, a float the
+    int overflows, nesting past the recursion limit, NaN, a key twice, a non-object) is one line."""
+    folder = tmp_path / "hf"
+    CliRunner().invoke(cli, ["convert", str(tiny_pth), str(folder)])
+    (folder / "config.json").write_text(config)
+    for command in (["inspect", folder], ["convert", folder, tmp_path / "out.pth"]):
+        _fails_cleanly(tmp_path, command, "config.json", reason)
+
+
+def test_a_huge_integer_setting_in_a_torch_file(tmp_path, tiny_state):
+    path = tmp_path / "big.pth"
+    model = {name: torch.from_numpy(np.array(value)) for name, value in tiny_state.items()}
+    torch.save({"model": model, "args": argparse.Namespace(mask_ratio=10**400)}, path)  # as the reference saves args
+    _fails_cleanly(tmp_path, ["convert", path, tmp_path / "out.safetensors"], "mask_ratio", "too large a number")
+
+
+def test_a_zip_version_zipfile_cannot_read(tmp_path, tiny_pth):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(tiny_pth.read_bytes())
+    with zipfile.ZipFile(bad) as archive:
+        first = archive.infolist()[0].filename
+    patch_entry(bad, first, version=0xFF)
+    _fails_cleanly(tmp_path, ["inspect", bad], "bad.pth", "cannot read")
+
+
+def test_links_out_of_a_hf_folder_are_refused(tmp_path, tiny_pth):
+    """A folder format's files are its own: a weights file or shard that links elsewhere is not read."""
+    folder, elsewhere = tmp_path / "hf", tmp_path / "elsewhere"
+    CliRunner().invoke(cli, ["convert", str(tiny_pth), str(folder)])
+    elsewhere.mkdir()
+    (folder / "model.safetensors").rename(elsewhere / "model.safetensors")
+    (folder / "model.safetensors").symlink_to(elsewhere / "model.safetensors")
+    _fails_cleanly(tmp_path, ["inspect", folder], "model.safetensors is a link to", "outside the folder")
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors").symlink_to("../elsewhere/model.safetensors")
+    _fails_cleanly(tmp_path, ["convert", folder, tmp_path / "out.pth"], "outside the folder")
+    (folder / "model.safetensors").unlink()
+    (elsewhere / "model.safetensors").rename(folder / "real.safetensors")
+    (folder / "model.safetensors").symlink_to("real.safetensors")  # a link inside the folder is its own file
+    assert CliRunner().invoke(cli, ["inspect", str(folder)]).exit_code == 0
 
 
 def test_full_disk_leaves_nothing_behind(tmp_path, tiny_pth):

@@ -193,3 +193,39 @@ def test_online_errors_are_one_line(hub_cache, monkeypatch, error, expected, tmp
     assert result.exit_code == 1 and result.output.startswith("Error: "), result.output
     assert expected in result.output and result.output.count("\n") == 1, result.output
     assert not (tmp_path / "x.pth").exists()
+
+
+@pytest.mark.parametrize("target", ["../../../outside", "absolute"])
+def test_a_ref_that_leads_out_of_the_cache_is_refused(hub_cache, hf_folder, tmp_path, target):
+    """A ref file names a commit, whose snapshot is a folder in the repo's `snapshots/`; one that
+    names a path elsewhere (relative or absolute) is not followed."""
+    cache_repo(hub_cache, "org/mae", {name: hf_folder / name for name in ("config.json", "model.safetensors")})
+    shutil.copytree(hf_folder, tmp_path / "outside")
+    ref = str(tmp_path / "outside") if target == "absolute" else target
+    (hub_cache / "models--org--mae" / "refs" / "main").write_text(ref)
+    for command in (["inspect", "org/mae"], ["convert", "org/mae", tmp_path / "x.pth"]):
+        result = run_cli(*command)
+        assert result.exit_code == 1 and "not to a snapshot in" in result.output, result.output
+        assert result.output.count("\n") == 1
+    assert not (tmp_path / "x.pth").exists()
+
+
+@pytest.mark.parametrize("layout", ["transformers", "timm"])
+def test_a_snapshot_file_linking_out_of_the_cache_is_refused(hub_cache, hf_folder, tmp_path, tiny_state, layout):
+    if layout == "transformers":
+        files = {name: hf_folder / name for name in ("config.json", "model.safetensors")}
+        weights = "model.safetensors"
+    else:
+        files = {"pytorch_model.bin": save_official(tmp_path / "timm.bin", tiny_state, with_args=False)}
+        weights = "pytorch_model.bin"
+    snapshot = cache_repo(hub_cache, "org/mae", files)
+    outside = tmp_path / "elsewhere.bin"
+    outside.write_bytes((snapshot / weights).read_bytes())
+    (snapshot / weights).unlink()
+    (snapshot / weights).symlink_to(outside)
+    result = run_cli("convert", "org/mae", tmp_path / "x.pth")
+    assert result.exit_code == 1 and "is a link to" in result.output and "outside" in result.output, result.output
+    (snapshot / weights).unlink()
+    (snapshot / weights).symlink_to(os.path.relpath(outside.rename(hub_cache / "models--org--mae" / "blobs" / "x"),
+                                                    snapshot))
+    assert run_cli("convert", "org/mae", tmp_path / "x.pth").exit_code == 0  # a blob of the repo's own

@@ -94,3 +94,61 @@ def test_a_truncated_graph_is_refused_in_one_line(graphs, fmt, tmp_path):
     result = run_cli("inspect", cut)
     assert result.exit_code == 1 and result.output.startswith(f"Error: {cut}: not a readable")
     assert result.output.count("\n") == 1
+
+
+def _crafted_onnx(path, config_changes=None, weights_at=None, raw_config=None):
+    """A one-node ONNX file carrying maeconv's metadata for the tiny preset (changed as asked), with
+    its one initializer stored at `weights_at` if given: what a hostile or damaged export looks like."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+    from maeconv.models import get_config
+    from maeconv.runtimes.tasks import get_task, metadata
+
+    values = metadata(get_task("features"), TINY, "full", get_config(TINY))
+    if config_changes:
+        values["maeconv.config"] = json.dumps({**json.loads(values["maeconv.config"]), **config_changes})
+    if raw_config is not None:
+        values["maeconv.config"] = raw_config
+    initializers = []
+    if weights_at is not None:
+        weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[1], data_location=TensorProto.EXTERNAL)
+        weight.external_data.add(key="location", value=weights_at)
+        initializers.append(weight)
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], initializers)
+    model = helper.make_model(graph)
+    for key, value in values.items():
+        model.metadata_props.add(key=key, value=value)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _refused(path, *expected):
+    result = run_cli("inspect", path)
+    assert result.exit_code == 1 and result.output.startswith("Error: "), result.output
+    assert result.output.count("\n") == 1 and all(text in result.output for text in expected), result.output
+
+
+@pytest.mark.parametrize("location", ["/etc/hostname", "/nonexistent/weights.bin", "../elsewhere/weights.bin"])
+def test_a_graph_whose_weights_lie_elsewhere_is_refused(tmp_path, location):
+    _refused(_crafted_onnx(tmp_path / "g.onnx", weights_at=location), "not beside it", repr(location))
+
+
+@pytest.mark.parametrize("changes, raw, expected", [
+    ({"img_size": -5}, None, "image size -5"),
+    ({"embed_dim": 10**12}, None, "embed_dim 1000000000000, where"),
+    ({"num_classes": 0}, None, "num_classes 0"),
+    (None, "[" * 100000, "nested too deeply"),
+    (None, '{"img_size": 32, "img_size": 64}', "appears twice"),
+])
+def test_recorded_metadata_the_twins_cannot_run_is_refused(tmp_path, changes, raw, expected):
+    _refused(_crafted_onnx(tmp_path / "g.onnx", changes, raw_config=raw), "metadata", expected)
+
+
+def test_a_crafted_graph_with_its_weights_beside_it_is_shown(tmp_path):
+    """The control for the two tests above: the same crafted file, sound, is inspected."""
+    (tmp_path / "w.bin").write_bytes(b"\0" * 4)
+    result = run_cli("inspect", _crafted_onnx(tmp_path / "g.onnx", weights_at="w.bin"), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["preset"] == TINY

@@ -134,6 +134,18 @@ def _corrupt(folder, how):
         data = (folder / first).read_bytes()
         (folder / first).write_bytes(data[:-4])
         return
+    elif how == "shard linking out of the folder":
+        elsewhere = folder.parent / "elsewhere"
+        elsewhere.mkdir()
+        (folder / first).rename(elsewhere / first)
+        (folder / first).symlink_to(elsewhere / first)
+        return
+    elif how == "a tensor named twice in the index":
+        second = sorted(set(weight_map.values()))[1]
+        text = json.dumps(index)
+        (folder / "model.safetensors.index.json").write_text(
+            text.replace('"weight_map": {', f'"weight_map": {{"{name}": "{second}", ', 1))
+        return
     elif how == "tensor in two shards":
         from safetensors.numpy import load_file, save_file
 
@@ -153,6 +165,8 @@ def _corrupt(folder, how):
     ("no weight_map", "no \"weight_map\""),
     ("truncated shard", "truncated or corrupt"),
     ("tensor in two shards", "also in another shard"),
+    ("shard linking out of the folder", "is a link to"),
+    ("a tensor named twice in the index", "appears twice in one object"),
 ])
 def test_bad_shards_are_refused_in_one_line(sharded, tmp_path, how, expected):
     _corrupt(sharded, how)

@@ -40,3 +40,13 @@ class Format:
     folder_members: frozenset[str] | re.Pattern | None = None
     holds_training_state: bool = False  # flat files that can keep optimizer state by name beside the model
     framework: str | None = None  # the framework whose own format this is (None: shared by several)
+
+
+def member_of(path: Path, folder: Path) -> bool:
+    """Whether `path`, its links followed, lies inside `folder`: a folder format's files are its own,
+    copied and moved together, not links to elsewhere. In a Hugging Face cache snapshot (a folder
+    in `snapshots/`) they are links to the repo's blobs two levels up: inside the repo's folder."""
+    root = folder.resolve()
+    if root.parent.name == "snapshots":
+        root = root.parent.parent
+    return path.resolve().is_relative_to(root)

@@ -9,10 +9,11 @@ from typing import Mapping
 
 from ...models.config import ENCODER, MAEConfig
 from ...errors import MaeconvError
+from ..jsontext import strict_json
 from ..settings import settings_record
 from ..tensors import TensorRef, Verdict
 from . import pytorch, safetensors, sharded
-from .base import Checkpoint
+from .base import Checkpoint, member_of
 
 NAME = "hf-dir"
 # The weights, in the order transformers looks for them: the first one present is the model.
@@ -29,12 +30,17 @@ def read(path: Path) -> Checkpoint:
     if not config_path.is_file() or not weights:
         raise MaeconvError(f"{path}: not a Hugging Face model directory (needs config.json and one of "
                            f"{', '.join(WEIGHTS)})")
+    outside = [file for file in (config_path, weights[0]) if not member_of(file, path)]
+    if outside:
+        raise MaeconvError(f"{path}: its {outside[0].name} is a link to {outside[0].resolve()}, outside the folder")
     try:
-        config = json.loads(config_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise MaeconvError(f"{config_path}: not valid JSON ({error})") from None
+        config = strict_json(config_path.read_bytes())
+    except ValueError as error:
+        raise MaeconvError(f"{config_path}: not valid JSON ({str(error):.200})") from None
+    if not isinstance(config, dict):
+        raise MaeconvError(f"{config_path}: not a model config (JSON {json.dumps(config)[:40]}, not an object)")
     inner = WEIGHTS[weights[0].name](weights[0])
-    return Checkpoint(path, NAME, inner.tensors, inner.extras, config if isinstance(config, dict) else {})
+    return Checkpoint(path, NAME, inner.tensors, inner.extras, config)
 
 
 def write(path: Path, tensors: Mapping[str, TensorRef], extras: Mapping, *, verify) -> dict[str, Verdict]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ...errors import MaeconvError
+from ..jsontext import DuplicateKey, strict_json
 from ..settings import RECORD_KEY, settings_record
 from ..tensors import MAX_TENSORS, TensorRef, Verdict, checked_shape, dtype_by_name, write_stream
 from .base import Checkpoint
@@ -84,31 +85,17 @@ def _parse_header(path: Path, text: bytes) -> dict:
         raise MaeconvError(f"{path}: not a safetensors file (header holds more entries than {MAX_TENSORS} "
                            f"tensors have)")
 
-    def unique(pairs):
-        keys = [key for key, _ in pairs]
-        if len(set(keys)) != len(keys):
-            raise _Ambiguous(next(key for key in keys if keys.count(key) > 1))
-        return dict(pairs)
-
-    def refuse_constant(name):
-        raise ValueError(f"{name} is not JSON")
-
     try:
         # A negative integer stays a float here, so a dimension or offset of -0 is refused like -1.
-        header = json.loads(text.decode("utf-8"), object_pairs_hook=unique, parse_constant=refuse_constant,
-                            parse_int=lambda digits: float(digits) if digits.startswith("-") else int(digits))
-    except _Ambiguous as error:
-        raise MaeconvError(f"{path}: not a safetensors file (key {error.args[0]!r:.60} appears twice in the header)") \
+        header = strict_json(text, parse_int=lambda digits: float(digits) if digits.startswith("-") else int(digits))
+    except DuplicateKey as error:
+        raise MaeconvError(f"{path}: not a safetensors file (key {error.key!r:.60} appears twice in the header)") \
             from None
-    except (UnicodeDecodeError, ValueError, RecursionError):
+    except ValueError:
         raise MaeconvError(f"{path}: not a safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
         raise MaeconvError(f"{path}: not a safetensors file (header is not an object)")
     return header
-
-
-class _Ambiguous(Exception):
-    pass
 
 
 def _metadata(path: Path, metadata) -> dict:

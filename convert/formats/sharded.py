@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from ...errors import MaeconvError
+from ..jsontext import strict_json
 from ..tensors import MAX_TENSORS, TensorRef, Verdict
 from . import pytorch, safetensors
-from .base import Checkpoint
+from .base import Checkpoint, member_of
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_INDEX = "pytorch_model.bin.index.json"
@@ -58,6 +59,8 @@ def read_index(path: Path) -> Checkpoint:
         if not shard_path.is_file():
             raise MaeconvError(f"{path}: names shard {shard!r}, which is not beside it (the files of a sharded "
                                "checkpoint are copied and moved together)")
+        if not member_of(shard_path, path.parent):
+            raise MaeconvError(f"{path}: its shard {shard!r} is a link to {shard_path.resolve()}, outside its folder")
         inner = reader(shard_path)
         for name, ref in inner.tensors.items():
             if name in tensors:
@@ -85,9 +88,9 @@ def _weight_map(path: Path) -> tuple[dict[str, str], Callable[[Path], Checkpoint
     if path.stat().st_size > MAX_INDEX_BYTES:
         raise MaeconvError(f"{path}: index file over {MAX_INDEX_BYTES >> 20} MiB; not a checkpoint index")
     try:
-        index = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as error:
-        raise MaeconvError(f"{path}: not valid JSON ({error})") from None
+        index = strict_json(path.read_bytes())
+    except ValueError as error:
+        raise MaeconvError(f"{path}: not valid JSON ({str(error):.200})") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise MaeconvError(f"{path}: not a sharded checkpoint index (no \"weight_map\" of tensor names to shards)")

@@ -56,6 +56,8 @@ def read(path: Path):
             infos = archive.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as error:
         raise _unreadable(path, f"not a complete zip archive: {error}") from None
+    except NotImplementedError as error:  # zipfile refuses a "version needed to extract" above its own
+        raise _unreadable(path, f"a zip archive Python's zipfile cannot read ({error})") from None
     try:
         return _read_archive(path, infos)
     except Invalid as error:
