@@ -35,13 +35,13 @@ def _boolean(value: Any) -> bool:
 
 def _number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"{value!r} is not a number")
+        raise ValueError(f"{value!r:.40} is not a number")
     try:
         number = float(value)
     except OverflowError:  # an int of hundreds of digits
         raise ValueError(f"{value!r:.40} is too large a number") from None
     if not math.isfinite(number):
-        raise ValueError(f"{value!r} is not a finite number")
+        raise ValueError(f"{value!r:.40} is not a finite number")
     return number
 
 
