@@ -11,7 +11,6 @@ import functools
 import io
 import math
 import os
-import secrets
 import shutil
 import threading
 from dataclasses import dataclass
@@ -87,11 +86,8 @@ def ensure_dataset(path: str, synthetic: dict | None, runtime) -> None:
 
 
 def _make_synthetic_once(root: Path, synthetic: dict) -> None:
-    """Written aside, in a folder this call creates (exclusively, so the removal below can only
-    reach what it wrote), then renamed into place; a copy another process finished first is kept."""
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.with_name(f"{root.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
-    tmp.mkdir()  # fails if the name exists: nothing of anyone else's is written into or removed
+    """Written aside, then renamed into place; a copy another process finished first is kept."""
+    tmp = root.with_name(root.name + f".partial-{os.getpid()}")
     make_synthetic_imagenet(tmp, **synthetic)
     (tmp / ".complete").touch()
     try:
